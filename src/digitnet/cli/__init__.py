@@ -1,0 +1,61 @@
+"""The `digitnet` command: a thin Typer front over the library.
+
+Each concern registers its commands from its own file (`cli/data.py`, `cli/train.py`, …); this
+file only builds the app and maps `DigitnetError` to a one-line message and exit code 2, so a user
+never sees a traceback for bad input. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from digitnet.errors import DigitnetError
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="digitnet",
+    help="Train, evaluate, explain, serve and export handwritten-digit classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _register() -> None:
+    # Imported here, not at module level, so `import digitnet.cli` stays cheap and side-effect free.
+    from digitnet.cli import bench, data, predict, serve, train
+
+    for mod in (data, train, predict, serve, bench):
+        mod.register(app)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise."""
+    err_console.print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except DigitnetError as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted", markup=False)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
