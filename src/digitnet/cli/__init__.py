@@ -29,9 +29,9 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here, not at module level, so `import digitnet.cli` stays cheap and side-effect free.
-    from digitnet.cli import bench, data, predict, serve, train
+    from digitnet.cli import bench, data, evaluate, predict, serve, train
 
-    for mod in (data, train, predict, serve, bench):
+    for mod in (data, train, evaluate, predict, serve, bench):
         mod.register(app)
 
 

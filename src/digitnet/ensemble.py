@@ -1,0 +1,50 @@
+"""`digitnet ensemble RUN…`: one run folder whose model averages the members' probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitnet.errors import ConfigError
+
+
+def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[str, Any]:
+    """Load each run, wrap them in `models.Ensemble`, score on the test set, write `out`."""
+    from digitnet import runfolder
+    from digitnet.checkpoint import load_checkpoint, save_checkpoint
+    from digitnet.models import Ensemble, batched_logits, count_parameters
+    from digitnet.utils import atomic_write_json
+
+    if len(runs) < 2:
+        raise ConfigError("an ensemble needs at least two runs")
+    loaded = [load_checkpoint(r) for r in runs]
+    if any(m.name == "ensemble" for m in loaded):
+        raise ConfigError("ensembles of ensembles are not supported: list the member runs")
+    members = [{"model": m.name, "kwargs": m.model_kwargs, "temperature": m.temperature} for m in loaded]
+    model = Ensemble(members)
+    for sub, m in zip(model.members, loaded, strict=True):
+        sub.load_state_dict(m.model.state_dict())
+    model.eval()
+    out = Path(out)
+    started = runfolder.now_iso()
+    pred = batched_logits(model, data.x_test).argmax(1).numpy()
+    y = np.asarray(data.y_test)
+    member_acc = [float((batched_logits(m.model, data.x_test).argmax(1).numpy() == y).mean()) for m in loaded]
+    metrics = {
+        "model": "ensemble", "members": [str(r) for r in runs], "member_test_accuracy": member_acc,
+        "test_accuracy": float((pred == y).mean()), "test_errors": int((pred != y).sum()),
+        "val_accuracy": None, "train_seconds": sum(float(m.meta.get("train_seconds", 0) or 0) for m in loaded),
+        "epochs": 0, "seed": None, "parameters": count_parameters(model), "temperature": 1.0,
+        "unsure_threshold": float(np.mean([m.unsure_threshold for m in loaded])),
+        "dataset": getattr(data, "name", "unknown"), "finished": runfolder.now_iso(),
+    }
+    config = {"model": "ensemble", "members": members}
+    save_checkpoint(out / "model.pt", model, model_name="ensemble", model_kwargs={"members": members},
+                    config=config, temperature=1.0, unsure_threshold=metrics["unsure_threshold"],
+                    meta={"test_accuracy": metrics["test_accuracy"], "members": metrics["members"]})
+    runfolder.write_history(out / "history.csv", [])
+    runfolder.write_manifest(out, config=config, data=data, started=started, finished=metrics["finished"])
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics

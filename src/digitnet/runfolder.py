@@ -1,0 +1,116 @@
+"""What a run folder holds besides the model: metrics, history, manifest, resume state.
+
+    runs/NAME/model.pt       best-on-validation weights + config (checkpoint.py)
+    runs/NAME/metrics.json   test_accuracy, val_accuracy, train_seconds, epochs, …
+    runs/NAME/history.csv    one row per epoch
+    runs/NAME/manifest.json  config, data source + checksums, versions, git commit, machine, times
+    runs/NAME/last.pt        resumable state after the last finished epoch (removed when done)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from digitnet.errors import ModelError
+from digitnet.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+RESUME_FORMAT = "digitnet-resume/1"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+
+
+def default_run_dir(model: str, seed: int, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{model}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from digitnet import __version__
+
+    return {"digitnet": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "hostname": platform.node(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    cols = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_s"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in cols})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def write_manifest(out: Path, *, config: dict, data: Any, started: str, finished: str, argv: list[str] | None = None,
+                   world_size: int = 1) -> None:
+    atomic_write_json(out / "manifest.json", {
+        "config": config,
+        "data": data.summary() if hasattr(data, "summary") else data,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "world_size": world_size,
+        "command": argv if argv is not None else sys.argv,
+        "started": started,
+        "finished": finished,
+    })
+
+
+def save_resume(out: Path, config: dict, state: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"format": RESUME_FORMAT, "config": config, "state": state}, buf)
+    atomic_write_bytes(out / "last.pt", buf.getvalue())
+
+
+def load_resume(out: Path) -> tuple[dict, dict]:
+    """(config, state) from `out/last.pt`, read with weights_only=True."""
+    import torch
+
+    path = Path(out) / "last.pt"
+    if not path.is_file():
+        hint = " (the run already finished)" if (Path(out) / "metrics.json").is_file() else ""
+        raise ModelError(f"nothing to resume in {out}: no last.pt{hint}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: unreadable resume state ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != RESUME_FORMAT:
+        raise ModelError(f"{path}: not a digitnet resume state")
+    return blob["config"], blob["state"]

@@ -1,0 +1,103 @@
+"""Shared fixtures. Real MNIST comes only through the project's normal path: DIGITNET_DATA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The folder named by DIGITNET_DATA holding real MNIST.
+
+    On a developer machine without it the test is skipped with the reason; in CI (CI=true) a
+    missing folder is a failure, so real-data tests can never be skipped silently there.
+    """
+    value = os.environ.get("DIGITNET_DATA", "")
+    path = Path(value) if value else None
+    if path is None or not path.is_dir():
+        msg = "real MNIST needed: set DIGITNET_DATA to a folder with the four IDX files"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    """The real dataset, loaded and verified once per session."""
+    from digitnet.data import load_dataset
+
+    return load_dataset("mnist", data_dir=mnist_dir, offline=True)
+
+
+# --- data-layer fixtures (tests/test_idx.py, test_data.py, test_download.py, test_cli_data.py) ---
+
+
+class TinyMnist:
+    """Four tiny MNIST-shaped IDX files (30 train / 20 test, 28×28), in memory.
+
+    `arrays`/`raw`/`gz` are keyed by the canonical MNIST file name (`train-images-idx3-ubyte`, …).
+    """
+
+    def __init__(self) -> None:
+        import gzip
+
+        import numpy as np
+
+        from digitnet.data import FILES
+        from digitnet.idx import encode_idx
+
+        rng = np.random.default_rng(1234)
+        x_tr = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
+        x_te = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+        y_tr = np.arange(30, dtype=np.uint8) % 10
+        y_te = np.arange(20, dtype=np.uint8)[::-1] % 10
+        self.arrays = dict(zip(FILES, (x_tr, y_tr, x_te, y_te), strict=True))
+        self.raw = {name: encode_idx(a) for name, a in self.arrays.items()}
+        self.gz = {name: gzip.compress(b, mtime=0) for name, b in self.raw.items()}
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        import hashlib
+
+        return {name: hashlib.sha256(b).hexdigest() for name, b in self.raw.items()}
+
+    def write(self, folder: Path, *, gz: bool = True) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.raw:
+            if gz:
+                (folder / f"{name}.gz").write_bytes(self.gz[name])
+            else:
+                (folder / name).write_bytes(self.raw[name])
+        return folder
+
+
+@pytest.fixture
+def tiny_mnist(monkeypatch) -> TinyMnist:
+    """A tiny IDX set that digitnet.data accepts as MNIST: its SHA-256 table is patched to match."""
+    import digitnet.data
+
+    tiny = TinyMnist()
+    monkeypatch.setattr(digitnet.data, "SHA256", tiny.sha256)
+    return tiny
+
+
+@pytest.fixture
+def clean_data_env(tmp_path, monkeypatch) -> Path:
+    """No data anywhere: temp HOME and XDG_CACHE_HOME, DIGITNET_DATA unset, offline, short timeouts.
+
+    Returns the cache folder digitnet.data will use (`$XDG_CACHE_HOME/digitnet/mnist`).
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    for name in ("DIGITNET_DATA", "KERAS_HOME", "DIGITNET_MIRRORS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DIGITNET_OFFLINE", "1")
+    monkeypatch.setenv("DIGITNET_TIMEOUT", "2")
+    monkeypatch.setenv("DIGITNET_RETRIES", "1")
+    return tmp_path / "xdg-cache" / "digitnet" / "mnist"
