@@ -1,0 +1,172 @@
+"""The training loop, run folders, resume, determinism, DDP, and real short runs on MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from digitnet.checkpoint import load_checkpoint
+from digitnet.errors import ConfigError
+from digitnet.train import TrainConfig, fit, stratified_split, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable toy data: class c is a bright 6x6 square at one of 10 positions, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(y):
+        r, col = 3 + (c // 5) * 12, 2 + (c % 5) * 5
+        x[i, r : r + 6, col : col + 6] = 255
+    return x, y.astype(np.int64)
+
+
+@dataclass
+class ToyData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str = "toy"
+    is_sample: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "train": len(self.y_train), "test": len(self.y_test)}
+
+
+@pytest.fixture(scope="module")
+def toy() -> ToyData:
+    x, y = synthetic_digits(1200)
+    xt, yt = synthetic_digits(300, seed=1)
+    return ToyData(x, y, xt, yt)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=64, lr=0.05, val_size=200, threads=1, model_kwargs={"widths": [8, 8, 8]})
+    return TrainConfig.for_model("cnn", **{**base, **kw})
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(lr=float("nan")), dict(optimizer="rmsprop"),
+                                 dict(label_smoothing=1.0), dict(device="tpu"), dict(val_size=-5)])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ConfigError):
+        TrainConfig.for_model("cnn", **bad)
+
+
+def test_unknown_model_and_option_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown model 'resnet'"):
+        TrainConfig.for_model("resnet")
+    with pytest.raises(ConfigError, match="unknown training option"):
+        TrainConfig.for_model("cnn", learning_rate=1)
+
+
+def test_stratified_split_keeps_class_proportions():
+    y = np.repeat(np.arange(10), [50, 60, 70, 80, 90, 100, 110, 120, 130, 190])
+    tr, va = stratified_split(y, 100)
+    assert len(va) == 100 and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(y)
+    counts = np.bincount(y[va], minlength=10)
+    expected = np.bincount(y, minlength=10) / len(y) * 100
+    assert np.all(np.abs(counts - expected) <= 1)
+
+
+def test_fit_learns_and_is_deterministic(toy):
+    cfg = tiny(augment=0.5, ema=0.9)
+    a = fit(cfg, toy.x_train, toy.y_train, toy.x_test, toy.y_test)
+    b = fit(cfg, toy.x_train, toy.y_train, toy.x_test, toy.y_test)
+    assert a.val_accuracy > 0.9, a.history
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    c = fit(tiny(seed=1, augment=0.5, ema=0.9), toy.x_train, toy.y_train, toy.x_test, toy.y_test)
+    assert not torch.equal(next(iter(a.model.parameters())), next(iter(c.model.parameters())))
+
+
+def test_train_writes_a_complete_run_folder(toy, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(tiny(), toy, out, quiet=True)
+    assert {p.name for p in out.iterdir()} == {"model.pt", "metrics.json", "history.csv", "manifest.json"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == metrics
+    assert 0.9 < saved["test_accuracy"] <= 1 and saved["epochs"] == 2 and saved["train_seconds"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["model"] == "cnn" and manifest["versions"]["torch"] == torch.__version__
+    assert manifest["started"] <= manifest["finished"] and "machine" in manifest
+    assert len((out / "history.csv").read_text().strip().splitlines()) == 3
+    loaded = load_checkpoint(out)  # weights_only=True inside
+    assert loaded.name == "cnn" and loaded.temperature > 0 and 0 <= loaded.unsure_threshold < 1
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny(), toy, out, quiet=True)
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "digitnet", *args], cwd=REPO, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path):
+    """kill -9 mid-run loses at most the current epoch, and resuming reproduces the same weights."""
+    args = ["train", "--dataset", "sample", "--offline", "--model", "cnn", "--epochs", "4", "--val-size", "500",
+            "--threads", "1", "--quiet"]
+    full = _cli(*args, "--out", str(tmp_path / "full"))
+    victim = _cli(*args, "--out", str(tmp_path / "cut"))
+    deadline = time.time() + 240
+    while not (tmp_path / "cut" / "last.pt").exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert (tmp_path / "cut" / "last.pt").exists() and not (tmp_path / "cut" / "model.pt").exists()
+    resumed = _cli("train", "--out", str(tmp_path / "cut"), "--resume", "--dataset", "sample", "--offline", "--quiet")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert full.wait(timeout=300) == 0, full.stderr.read()
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"] == 4
+
+
+def test_cli_bad_option_is_one_line_exit_2(tmp_path):
+    p = _cli("train", "--model", "nope", "--dataset", "sample", "--offline", "--out", str(tmp_path / "x"))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "unknown model 'nope'" in err and "Traceback" not in err
+    p = _cli("train", "--resume", "--dataset", "sample", "--offline")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--resume needs --out" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cnn_one_epoch_on_real_mnist(mnist, tmp_path):
+    metrics = train(TrainConfig.for_model("cnn", epochs=1), mnist, tmp_path / "cnn", quiet=True)
+    assert metrics["test_accuracy"] >= 0.985, metrics
+
+
+@pytest.mark.slow
+def test_seed_mlp_one_epoch_on_real_mnist(mnist, tmp_path):
+    metrics = train(TrainConfig.for_model("seed-mlp", epochs=1), mnist, tmp_path / "seed", quiet=True)
+    assert metrics["test_accuracy"] > 0.80, metrics
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo(mnist_dir, tmp_path):
+    """2 CPU processes (1 thread each) under torchrun write one run folder that evaluates sanely."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "digitnet",
+           "train", "--model", "cnn", "--epochs", "1", "--threads", "1", "--data-dir", str(mnist_dir),
+           "--offline", "--quiet", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["test_accuracy"] >= 0.97, metrics
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
