@@ -18,7 +18,7 @@ class DatasetError(DigitnetError):
     """Data could not be found, read, or verified."""
 
 
-class InputError(DigitnetError):
+class InputError(DigitnetError, ValueError):
     """A user-supplied input (image, pixels, array, argument) is unusable."""
 
 

@@ -81,13 +81,18 @@ def runs_cmd(
     if not rows:
         console.print(f"no runs under {root} (a run folder holds metrics.json or manifest.json)", markup=False)
         return
-    table = Table("name", "model", "epochs", "seed", "val acc", "test acc", "train time", "date",
-                  title=f"{len(rows)} run(s) under {root}, by {sort}")
+    from rich import box
+
+    table = Table(title=f"{len(rows)} run(s) under {root}, by {sort}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", overflow="fold", min_width=8)
+    for col in ("model", "ep", "seed", "val", "test", "train s", "date"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("model", "date") else "right")
     for r in rows:
         secs = r["train_seconds"]
         table.add_row(r["name"], str(r["model"] or "?"), str(r["epochs"] if r["epochs"] is not None else "—"),
-                      str(r["seed"] if r["seed"] is not None else "—"), _pct(r["val_accuracy"]),
-                      _pct(r["test_accuracy"]), f"{secs:,.1f} s" if _is_num(secs) else "—", r["date"][:19])
+                      str(r["seed"] if r["seed"] is not None else "—"), _pct(r["val_accuracy"]).replace(" ", ""),
+                      _pct(r["test_accuracy"]).replace(" ", ""), f"{secs:,.1f}" if _is_num(secs) else "—",
+                      r["date"][:16].replace("T", " "))
     console.print(table)
 
 
