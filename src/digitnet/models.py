@@ -182,7 +182,7 @@ def as_batch(x: Any) -> torch.Tensor:
 
     from digitnet.errors import InputError
 
-    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+    t = torch.from_numpy(np.require(x, requirements='CW')) if isinstance(x, np.ndarray) else torch.as_tensor(x)
     if t.ndim == 2 and t.shape[1] == 784:
         t = t.reshape(-1, 28, 28)
     if t.ndim == 3 and tuple(t.shape[1:]) == (28, 28):

@@ -44,7 +44,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except DigitnetError as exc:
         err_console.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)

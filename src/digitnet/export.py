@@ -1,0 +1,109 @@
+"""ONNX export: the same function of the raw pixels as the checkpoint, runnable without torch.
+
+Input `x` float32 (B, 1, 28, 28) in [0, 1] (dynamic batch), output `logits` (B, 10); the MNIST
+normalisation is inside the graph. Calibration travels as ONNX `metadata_props`
+(`digitnet.temperature`, `digitnet.unsure_threshold`, `digitnet.model`, `digitnet.version`), so
+the ONNX backend of `Predictor` needs nothing but the .onnx file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from digitnet.errors import ModelError
+from digitnet.utils import atomic_write_bytes
+
+OPSET = 18
+FORMAT = "digitnet-onnx/1"
+INPUT, OUTPUT = "x", "logits"
+
+
+def onnx_bytes(loaded: Any, *, opset: int = OPSET) -> bytes:
+    """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel`."""
+    import onnx
+    import torch
+
+    from digitnet.inference import _checkpoint_version
+
+    model = loaded.model.float().eval()
+    example = torch.zeros(2, 1, 28, 28)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # exporter deprecation chatter, not the user's concern
+            program = torch.onnx.export(model, (example,), input_names=[INPUT], output_names=[OUTPUT],
+                                        dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
+                                        verbose=False)
+    except Exception as exc:
+        raise ModelError(f"ONNX export of {loaded.name!r} failed: {str(exc).splitlines()[0][:200]}") from None
+    finally:
+        quiet.setLevel(level)
+    proto = program.model_proto
+    meta = {"digitnet.format": FORMAT, "digitnet.model": loaded.name,
+            "digitnet.temperature": repr(float(loaded.temperature)),
+            "digitnet.unsure_threshold": repr(float(loaded.unsure_threshold)),
+            "digitnet.version": _checkpoint_version(loaded)}
+    if getattr(loaded, "path", None):  # lets `Predictor.load(backend="auto")` spot a stale export
+        meta["digitnet.checkpoint_sha256"] = file_sha256(loaded.path)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
+    """digitnet's metadata from serialized ONNX: model, version, temperature, unsure_threshold."""
+    import onnx
+
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception:
+        raise ModelError(f"{source}: not a readable ONNX model") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("digitnet.format") != FORMAT:
+        raise ModelError(f"{source}: not a digitnet ONNX export (no {FORMAT} metadata); re-export it with `digitnet export`")
+    try:
+        return {"model": props["digitnet.model"], "version": props.get("digitnet.version", "unknown"),
+                "temperature": float(props["digitnet.temperature"]),
+                "unsure_threshold": float(props["digitnet.unsure_threshold"]),
+                "checkpoint_sha256": props.get("digitnet.checkpoint_sha256")}
+    except (KeyError, ValueError):
+        raise ModelError(f"{source}: digitnet ONNX metadata is incomplete; re-export it") from None
+
+
+def export_onnx(model_spec: str | Path, out: str | Path | None = None, *, opset: int = OPSET) -> Path:
+    """Export a run folder / model file / "default" to ONNX; default `out` is model.onnx beside it.
+
+    Written atomically (temp file + rename), so a reader never sees a half-written model.
+    """
+    from digitnet.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(model_spec)
+    target = Path(out).expanduser() if out is not None else Path(loaded.path).with_suffix(".onnx")
+    if target.is_dir():
+        target = target / "model.onnx"
+    data = onnx_bytes(loaded, opset=opset)
+    try:
+        atomic_write_bytes(target, data)
+    except OSError as exc:
+        raise ModelError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return target

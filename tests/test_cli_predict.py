@@ -1,0 +1,136 @@
+"""`digitnet predict` / `bench predict` end to end, in a subprocess like a user runs them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+
+def digitnet(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "300"}  # wide table: whole paths on one line
+    return subprocess.run([sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def seven(size: int = 120) -> Image.Image:
+    img = Image.new("L", (size, size), 245)
+    s = size / 120
+    ImageDraw.Draw(img).line([(25 * s, 25 * s), (95 * s, 25 * s), (50 * s, 105 * s)], fill=15, width=round(10 * s))
+    return img
+
+
+def huge_png_header() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import torch
+
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.models import build_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("run")
+    save_checkpoint(folder / "model.pt", build_model("cnn").eval(), model_name="cnn", temperature=1.0,
+                    unsure_threshold=0.99)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    seven().save(d / "a.png")
+    seven(300).convert("RGB").save(d / "b.jpg", quality=70)
+    Image.new("L", (50, 50), 255).save(d / "blank.png")
+    (d / "notes.txt").write_text("not an image")  # folders list image suffixes only
+    return d
+
+
+SCHEMA = {"file": str, "digit": int, "confidence": float, "probabilities": list, "unsure": bool}
+
+
+def test_predict_json_schema_folder(run, images):
+    res = digitnet("predict", "--model", str(run), "--json", str(images))
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.jpg", "blank.png"]
+    for r in rows[:2]:
+        assert set(r) == set(SCHEMA) and all(isinstance(r[k], t) for k, t in SCHEMA.items())
+        assert 0 <= r["digit"] <= 9 and len(r["probabilities"]) == 10
+        assert abs(sum(r["probabilities"]) - 1) < 1e-4 and r["confidence"] == max(r["probabilities"])
+        assert r["unsure"] == (r["confidence"] < 0.99)
+    assert rows[0]["digit"] == rows[1]["digit"]  # same drawing at another size, as JPEG
+    blank = rows[2]
+    assert blank["digit"] is None and blank["unsure"] is True and blank["empty"] is True
+
+
+def test_unreadable_files_reported_others_predicted(run, images, tmp_path):
+    (tmp_path / "huge.png").write_bytes(huge_png_header())
+    (tmp_path / "text.png").write_text("hello")
+    buf = io.BytesIO()
+    seven().save(buf, "PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:200])
+    (tmp_path / "really_png.jpg").write_bytes(buf.getvalue())  # wrong extension: still read
+    args = [str(tmp_path / n) for n in ("huge.png", "text.png", "cut.png", "missing.png", "really_png.jpg")]
+    res = digitnet("predict", "--model", str(run), "--json", str(images / "a.png"), *args, str(tmp_path / "zz*.png"))
+    assert res.returncode == 2
+    rows = json.loads(res.stdout)
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "really_png.jpg"]
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 6 and all(line.startswith("error: ") for line in err)
+    joined = "\n".join(err)
+    for expected in ("huge.png: 900,000,000 pixels is over the", "text.png: not a recognised image",
+                     "cut.png: cannot decode PNG data", "missing.png: no such file", "zz*.png: no files match",
+                     "5 of 7 inputs could not be read; 2 predicted"):
+        assert expected in joined, joined
+
+
+def test_predict_table(run, images):
+    res = digitnet("predict", "--model", str(run), "--top-k", "2", str(images / "*.png"))
+    assert res.returncode == 0, res.stderr
+    assert "a.png" in res.stdout and "blank.png" in res.stdout and "empty" in res.stdout
+    assert "top 2" in res.stdout
+
+
+def test_bad_options(run, images):
+    res = digitnet("predict", "--model", str(run), "--top-k", "11", str(images))
+    assert res.returncode == 2 and res.stderr.strip() == "error: --top-k must be between 1 and 10"
+    res = digitnet("predict", "--model", str(run / "nope"), str(images))
+    assert res.returncode == 2 and res.stderr.startswith("error: no model at")
+
+
+def test_no_preprocess(run, tmp_path):
+    a = np.zeros((28, 28), np.uint8)
+    a[4:24, 12:16] = 255
+    Image.fromarray(a).save(tmp_path / "one.png")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "black.png")
+    res = digitnet("predict", "--model", str(run), "--json", "--no-preprocess", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)}
+    assert rows["black.png"]["empty"] is True and rows["one.png"]["digit"] is not None
+
+
+def test_bench_predict_json(run):
+    res = digitnet("bench", "predict", "--model", str(run), "--backend", "torch", "--json", "--n", "20",
+                   "--batch-size", "64", "--repeats", "2")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    (row,) = out["results"]
+    for key in ("images_per_s", "latency_p50_ms", "latency_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "load_s"):
+        assert isinstance(row[key], float) and row[key] > 0, key
+    assert row["backend"] == "torch" and row["batch_size"] == 64
+    assert row["latency_p99_ms"] >= row["latency_p50_ms"] and row["e2e_p50_ms"] >= row["latency_p50_ms"]
+    assert out["environment"]["cpu_count"] >= 1

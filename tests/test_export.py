@@ -1,0 +1,115 @@
+"""ONNX export: file, metadata, dynamic batch, the ONNX backend, and parity with torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from digitnet.errors import ModelError
+from digitnet.export import export_onnx, read_metadata
+from digitnet.inference import Predictor
+
+
+def make_run(folder, x_stats=None, *, temperature=1.3, threshold=0.7):
+    """A cnn with random weights whose BatchNorm statistics come from `x_stats` (realistic activations)."""
+    import torch
+
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.models import as_batch, build_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn")
+    if x_stats is not None:
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None  # cumulative average over the passes below
+        with torch.no_grad():
+            for i in range(0, len(x_stats), 500):
+                model(as_batch(x_stats[i : i + 500]))
+    save_checkpoint(folder / "model.pt", model.eval(), model_name="cnn", temperature=temperature,
+                    unsure_threshold=threshold)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("run"))
+    return run, export_onnx(run)
+
+
+def test_export_writes_model_onnx_beside_checkpoint(exported):
+    run, path = exported
+    assert path == run / "model.onnx" and path.stat().st_size > 100_000
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # atomic: no temp left behind
+    meta = read_metadata(path.read_bytes())
+    assert meta["model"] == "cnn" and meta["temperature"] == 1.3 and meta["unsure_threshold"] == 0.7
+    assert meta["version"] == Predictor.load(run, backend="torch").version
+
+
+def test_onnx_graph_has_dynamic_batch(exported):
+    import onnx
+
+    proto = onnx.load(str(exported[1]))
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert inp.name == "x" and out.name == "logits"
+    assert isinstance(dims[0], str) and dims[1:] == [1, 28, 28]
+
+
+def test_onnx_backend_reads_metadata_and_any_batch(exported):
+    run, path = exported
+    ort = Predictor.load(run, backend="onnx", threads=1)
+    assert ort.backend == "onnx" and ort.temperature == 1.3 and ort.unsure_threshold == 0.7
+    assert Predictor.load(run).backend == "onnx"  # "auto" takes the up-to-date export
+    direct = Predictor.load(path, backend="onnx")
+    x = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    for n in (1, 7):
+        assert np.allclose(direct.predict_proba(x[:n]), ort.predict_proba(x[:n]))
+    with pytest.raises(ModelError, match="only with backend 'onnx'"):
+        Predictor.load(path, backend="torch")
+
+
+def test_stale_export_is_ignored_by_auto(tmp_path, exported):
+    run = make_run(tmp_path, temperature=2.0)  # not the exported checkpoint
+    (run / "model.onnx").write_bytes(exported[1].read_bytes())
+    assert Predictor.load(run).backend == "torch"
+    (run / "model.onnx").write_bytes(b"garbage")
+    assert Predictor.load(run).backend == "torch"
+
+
+def test_not_a_digitnet_onnx(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        Predictor.load(bad, backend="onnx")
+
+
+def test_onnx_parity_on_real_digits(mnist, tmp_path):
+    x = mnist.x_test[:1000]
+    run = make_run(tmp_path, mnist.x_train[:2000])
+    export_onnx(run, tmp_path / "m.onnx")
+    torch_p = Predictor.load(run, backend="torch")
+    ort_p = Predictor.load(tmp_path / "m.onnx", backend="onnx")
+    a, b = torch_p.predict_proba(x), ort_p.predict_proba(x)
+    assert np.abs(a - b).max() < 1e-4
+    assert np.array_equal(a.argmax(1), b.argmax(1))
+    assert len(np.unique(a.argmax(1))) > 1  # a real spread of outputs, not a constant
+
+
+def test_export_cli(exported, tmp_path):
+    run, _ = exported
+    out = tmp_path / "sub" / "cli.onnx"
+    cmd = [sys.executable, "-m", "digitnet", "export", str(run), "--format", "onnx", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert out.is_file() and "wrote" in res.stdout
+    bad = subprocess.run([*cmd[:5], "--format", "tflite"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown export format 'tflite'; supported: onnx"
+    missing = subprocess.run([sys.executable, "-m", "digitnet", "export", str(tmp_path / "none")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no model at")
+    assert len(missing.stderr.strip().splitlines()) == 1

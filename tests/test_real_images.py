@@ -1,0 +1,118 @@
+"""Digits as people photograph and draw them: large canvases, dark ink on light noisy paper,
+thick strokes, JPEG: preprocessing must turn them back into MNIST digits the model can read.
+Also images that are not digits at all, which should come back `unsure` (or `empty`)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from digitnet.checkpoint import PRETRAINED_DIR
+from digitnet.inference import Predictor
+from digitnet.preprocess import decode_image
+
+pytestmark = pytest.mark.slow
+BUNDLED = PRETRAINED_DIR / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def predictor(mnist, tmp_path_factory) -> Predictor:
+    """The bundled default model once it exists; until then a quickly trained cnn (2 epochs)."""
+    if BUNDLED.is_file():
+        return Predictor.load("default")
+    import torch
+
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.train import TrainConfig, calibrate, fit, stratified_split
+
+    torch.set_num_threads(2)
+    cfg = TrainConfig.for_model("cnn", epochs=2, threads=2)
+    tr, va = stratified_split(mnist.y_train, 5000)
+    result = fit(cfg, mnist.x_train[tr], mnist.y_train[tr], mnist.x_train[va], mnist.y_train[va])
+    temperature, threshold = calibrate(result.model, mnist.x_train[va], mnist.y_train[va])
+    path = tmp_path_factory.mktemp("run") / "model.pt"
+    save_checkpoint(path, result.model, model_name="cnn", config=cfg.to_dict(), temperature=temperature,
+                    unsure_threshold=threshold)
+    return Predictor.load(path, backend="torch")
+
+
+def photo_of(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """One MNIST digit as a JPEG 'photo': scaled 1.5–5×, thickened, dark ink on light noisy paper,
+    at a random place on a 100–400 px canvas."""
+    n = int(28 * rng.uniform(1.5, 5.0))
+    big = Image.fromarray(digit).resize((n, n), Image.Resampling.BILINEAR)
+    big = big.filter(ImageFilter.MaxFilter(int(rng.choice([3, 5])) if n > 60 else 3))  # thicker strokes
+    w, h = (int(rng.integers(max(100, n + 10), 401)) for _ in range(2))
+    paper, ink = rng.uniform(0.8, 0.95), rng.uniform(0.05, 0.3)
+    canvas = np.full((h, w), paper, np.float32) + rng.normal(0, rng.uniform(0.01, 0.04), (h, w)).astype(np.float32)
+    y, x = int(rng.integers(0, h - n + 1)), int(rng.integers(0, w - n + 1))
+    a = np.asarray(big, np.float32) / 255.0
+    canvas[y : y + n, x : x + n] = canvas[y : y + n, x : x + n] * (1 - a) + ink * a
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(canvas, 0, 1) * 255).astype(np.uint8)).save(buf, "JPEG", quality=int(rng.integers(40, 86)))
+    return buf.getvalue()
+
+
+def test_real_image_suite(mnist, predictor):
+    rng = np.random.default_rng(2024)
+    idx = rng.choice(len(mnist.x_test), 500, replace=False)
+    images = [decode_image(photo_of(mnist.x_test[i], rng)) for i in idx]
+    preds = predictor.predict_images(images)
+    digits = np.array([-1 if p.digit is None else p.digit for p in preds])
+    acc = float((digits == mnist.y_test[idx]).mean())
+    answered = np.array([not p.unsure for p in preds])
+    print(f"\nreal-image suite: {acc:.1%} of 500 right; {answered.mean():.1%} answered (not unsure), "
+          f"{(digits == mnist.y_test[idx])[answered].mean():.2%} of those right")
+    assert sum(p.empty for p in preds) == 0
+    assert acc >= 0.97, f"only {acc:.1%} of 500 real-style images right"
+
+
+def not_digits(rng: np.random.Generator) -> list[Image.Image]:
+    """40 images that hold no digit: blank/near-blank pages, scribbles, shapes, hatching, letters-ish."""
+    out: list[Image.Image] = []
+    for level in (255, 0, 128, 200):  # blank pages of several tones
+        out.append(Image.new("L", (120, 120), level))
+    grad = np.tile(np.linspace(200, 250, 160, dtype=np.float32), (120, 1))
+    out.append(Image.fromarray(grad.astype(np.uint8)))  # uneven lighting, no ink
+    for _ in range(5):  # paper noise only
+        out.append(Image.fromarray(np.clip(rng.normal(225, 5, (150, 150)), 0, 255).astype(np.uint8)))
+    for k in range(30):
+        img = Image.new("L", (200, 200), 235)
+        d = ImageDraw.Draw(img)
+        kind = k % 6
+        if kind == 0:  # random-walk scribble
+            pts = [tuple(rng.integers(20, 180, 2)) for _ in range(int(rng.integers(6, 14)))]
+            d.line(pts, fill=20, width=int(rng.integers(4, 10)))
+        elif kind == 1:  # filled blob
+            x0, y0 = rng.integers(20, 80, 2)
+            d.ellipse([int(x0), int(y0), int(x0 + rng.integers(60, 110)), int(y0 + rng.integers(60, 110))], fill=20)
+        elif kind == 2:  # hatching
+            for i in range(0, 200, int(rng.integers(12, 25))):
+                d.line([(i, 20), (i + 60, 180)], fill=20, width=5)
+        elif kind == 3:  # a rectangle outline
+            d.rectangle([40, 40, int(rng.integers(120, 180)), int(rng.integers(120, 180))], outline=20, width=8)
+        elif kind == 4:  # a cross-hatched grid '#'-like mark of many strokes
+            for i in range(4):
+                d.line([(30, 40 + 35 * i), (170, 40 + 35 * i)], fill=20, width=6)
+                d.line([(40 + 35 * i, 30), (40 + 35 * i, 170)], fill=20, width=6)
+        else:  # speckle cloud
+            for _ in range(int(rng.integers(30, 80))):
+                x, y = rng.integers(10, 190, 2)
+                r = int(rng.integers(2, 6))
+                d.ellipse([int(x) - r, int(y) - r, int(x) + r, int(y) + r], fill=20)
+        out.append(img)
+    return out
+
+
+def test_non_digits_flagged(predictor):
+    images = not_digits(np.random.default_rng(7))
+    preds = predictor.predict_images(images)
+    blank, marks = preds[:10], preds[10:]
+    flagged_marks = sum(p.unsure for p in marks)
+    print(f"\nnon-digits flagged: blank/near-blank {sum(p.unsure for p in blank)}/10 "
+          f"(empty {sum(p.empty for p in blank)}), scribbles/shapes {flagged_marks}/30")
+    assert all(p.empty and p.unsure for p in blank)
+    assert flagged_marks >= 10, f"only {flagged_marks}/30 scribbles flagged unsure"
