@@ -55,7 +55,7 @@ def toy() -> ToyData:
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=64, lr=0.05, val_size=200, threads=1, model_kwargs={"widths": [8, 8, 8]})
+    base = dict(epochs=2, batch_size=64, lr=0.05, val_size=200, threads=1, model_kwargs={"stem": 8, "blocks": [[8, True], [16, True]]})
     return TrainConfig.for_model("cnn", **{**base, **kw})
 
 
@@ -105,7 +105,7 @@ def test_train_writes_a_complete_run_folder(toy, tmp_path):
     assert manifest["started"] <= manifest["finished"] and "machine" in manifest
     assert len((out / "history.csv").read_text().strip().splitlines()) == 3
     loaded = load_checkpoint(out)  # weights_only=True inside
-    assert loaded.name == "cnn" and loaded.temperature > 0 and 0 <= loaded.unsure_threshold < 1
+    assert loaded.name == "cnn" and loaded.temperature > 0 and 0.5 <= loaded.unsure_threshold <= 1
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny(), toy, out, quiet=True)
 

@@ -67,34 +67,40 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def conv_bn(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
-    )
+class ConvBN(nn.Module):
+    """conv3x3 (no bias) → [maxpool 2] → BN → ReLU.
+
+    Pooling before BN/ReLU gives the same function class with 4× less memory-bound elementwise
+    work, which is what dominates a small CNN's time on a CPU.
+    """
+
+    def __init__(self, c_in: int, c_out: int, pool: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.pool(self.conv(x))))
 
 
 class CNN(nn.Module):
-    """Three conv blocks at 28→14→7→3 with BN, then a linear head.
+    """A stride-2 4×4 stem (28×28 → 14×14, so nothing runs at full resolution), then `blocks`
+    of `ConvBN` given as [(channels, pool), …], then a linear head on the flattened map."""
 
-    `widths` sets the channels per block; `double` adds a second conv in each block (for `best`).
-    """
-
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), double: bool = False) -> None:
+    def __init__(self, stem: int = 32, blocks: list | tuple = ((32, True), (64, True))) -> None:
         super().__init__()
-        w1, w2, w3 = widths
-        layers: list[nn.Module] = [Normalize()]
-        c_in = 1
-        for w in (w1, w2, w3):
-            layers.append(conv_bn(c_in, w))
-            if double:
-                layers.append(conv_bn(w, w))
-            layers.append(nn.MaxPool2d(2))
-            c_in = w
-        self.features = nn.Sequential(*layers)  # (B, w3, 3, 3)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(w3 * 9, 10))
+        layers: list[nn.Module] = [Normalize(), nn.Conv2d(1, stem, 4, stride=2, padding=1, bias=False),
+                                   nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]  # (B, stem, 14, 14)
+        c, hw = stem, 14
+        for c_out, pool in blocks:
+            layers.append(ConvBN(c, c_out, bool(pool)))
+            c, hw = c_out, hw // 2 if pool else hw
+        self.features = nn.Sequential(*layers)  # (B, c, hw, hw)
+        self.head = nn.Linear(c * hw * hw, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.features(x).flatten(1))  # (B, 10)
 
 
 class Ensemble(nn.Module):
@@ -141,15 +147,16 @@ MODELS: dict[str, ModelSpec] = {
                     label_smoothing=0.1, weight_decay=5e-4, augment=0.0, bf16=True, ema=0.0),
     ),
     "cnn": ModelSpec(
-        "cnn", CNN, "3-block BN CNN, the default: fast to 99 %+",
-        recipe=dict(epochs=3, batch_size=512, lr=0.4, optimizer="sgd", schedule="onecycle",
-                    label_smoothing=0.1, weight_decay=5e-4, augment=0.0, bf16=True, ema=0.0),
+        "cnn", CNN, "stride-2 stem + 2 conv blocks, EMA, light augmentation: the default, 99 %+ in seconds",
+        kwargs=dict(stem=32, blocks=[(32, True), (64, True)]),
+        recipe=dict(epochs=8, batch_size=512, lr=0.4, optimizer="sgd", schedule="onecycle", warmup=0.15,
+                    label_smoothing=0.1, weight_decay=5e-4, augment=0.8, bf16=True, ema=0.99),
     ),
     "best": ModelSpec(
-        "best", CNN, "wider double-conv CNN with augmentation: the most accurate single model",
-        kwargs=dict(widths=(32, 64, 128), double=True),
-        recipe=dict(epochs=15, batch_size=256, lr=0.2, optimizer="sgd", schedule="onecycle",
-                    label_smoothing=0.1, weight_decay=5e-4, augment=1.0, bf16=True, ema=0.0),
+        "best", CNN, "wider 3-block CNN, augmentation, EMA: the most accurate single model",
+        kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)]),
+        recipe=dict(epochs=15, batch_size=512, lr=0.3, optimizer="sgd", schedule="onecycle", warmup=0.15,
+                    label_smoothing=0.1, weight_decay=5e-4, augment=1.0, bf16=True, ema=0.998),
     ),
     "ensemble": ModelSpec("ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)"),
 }
