@@ -1,0 +1,110 @@
+"""Request bodies → images → predictions: parsing, format policy, decoding, one model call.
+
+Images are opened only as the formats we accept (PNG, JPEG, GIF, BMP, WebP), judged from the
+bytes, never from a file name or a Content-Type. A file that is recognisably another image format
+(TIFF, ICO, PSD, JPEG 2000, HEIF/AVIF, …) is a 415; bytes that are no image at all, truncated
+data and pixel bombs are 422 (`InputError` from `digitnet.preprocess.decode_image`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from digitnet.errors import InputError
+from digitnet.serve.responses import HTTPError
+from digitnet.serve.schemas import PredictRequest, decode_base64, pixels_to_array
+
+SERVER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+# Signatures of image formats Pillow (or a browser) knows but this service refuses, by magic bytes.
+_OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"), (0, b"II+\x00", "BigTIFF"), (0, b"MM\x00+", "BigTIFF"),
+    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"\x00\x00\x02\x00", "CUR"), (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"\xff\x0a", "JPEG XL"), (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (0, b"qoif", "QOI"),
+    (0, b"DDS ", "DDS"), (0, b"icns", "ICNS"), (0, b"%PDF", "PDF"), (0, b"%!PS", "PostScript"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"), (0, b"gimp xcf", "XCF"), (0, b"\x59\xa6\x6a\x95", "Sun raster"),
+    (0, b"SIMPLE  =", "FITS"), (0, b"#?RADIANCE", "HDR"), (0, b"\x76\x2f\x31\x01", "OpenEXR"),
+)
+_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF",
+                b"avis": "AVIF"}
+
+
+def other_image_format(data: bytes) -> str | None:
+    """The name of a recognisable image format we do not accept, or None."""
+    for offset, magic, name in _OTHER_FORMATS:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    if data[4:8] == b"ftyp" and data[8:12] in _FTYP_BRANDS:
+        return _FTYP_BRANDS[data[8:12]]
+    head = data[:256].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
+        return "SVG"
+    return None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to classify: MNIST-form pixels (28, 28) float32, or encoded image bytes."""
+
+    pixels: np.ndarray | None = None
+    data: bytes | None = None
+    preprocess: bool = True
+    label: str = "image"  # names the item in error messages, e.g. "items[3]"
+
+
+def item_from_request(req: PredictRequest, label: str = "image") -> Item:
+    try:
+        if req.pixels is not None:
+            return Item(pixels=pixels_to_array(req), preprocess=req.preprocess, label=label)
+        return Item(data=decode_base64(req.image_base64 or ""), label=label)
+    except InputError as exc:
+        raise InputError(f"{label}: {exc}" if label != "image" else str(exc)) from None
+
+
+def decode_item(item: Item, max_bytes: int) -> Any:
+    """Item → what the predictor takes: a PIL image, or the (28, 28) array. Raises 415 / 422."""
+    from digitnet.preprocess import decode_image
+
+    if item.pixels is not None:
+        return item.pixels
+    data = item.data or b""
+    other = other_image_format(data)
+    if other is not None:
+        raise HTTPError(415, "unsupported_media_type",
+                        f"{item.label}: {other} images are not accepted; send {', '.join(SERVER_FORMATS)}")
+    try:
+        return decode_image(data, formats=SERVER_FORMATS, max_bytes=max_bytes)
+    except InputError as exc:
+        message = str(exc)
+        if message.startswith("image: "):  # decode_image labels raw bytes "image"; use ours
+            message = message[len("image: "):]
+        raise InputError(f"{item.label}: {message}") from None
+
+
+def predict_items(predictor: Any, items: list[Item], max_bytes: int) -> list[Any]:
+    """Decode every item, then run the model once for raw pixels and once for images; input order kept.
+
+    Runs in a worker thread: decoding and inference are CPU-bound and must not block the event loop.
+    """
+    decoded = [decode_item(it, max_bytes) for it in items]
+    raw = [i for i, it in enumerate(items) if it.pixels is not None and not it.preprocess]
+    raw_set = set(raw)
+    rest = [i for i in range(len(items)) if i not in raw_set]
+    out: list[Any] = [None] * len(items)
+    if raw:
+        from digitnet.preprocess import MIN_CONTRAST
+
+        batch = np.stack([decoded[i] for i in raw])  # (N, 28, 28) float32 in [0, 1]
+        # No ink at all is reported as empty, not classified (as the photo pipeline does).
+        empty = [bool(a.max() < MIN_CONTRAST) for a in batch]
+        for i, pred in zip(raw, predictor.predict_arrays(batch, empty=empty), strict=True):
+            out[i] = pred
+    if rest:
+        for i, pred in zip(rest, predictor.predict_images([decoded[i] for i in rest], preprocess=True),
+                           strict=True):
+            out[i] = pred
+    return out

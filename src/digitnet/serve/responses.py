@@ -1,0 +1,105 @@
+"""Every error the service returns has one shape: `{"error": {"code": str, "message": str}}`.
+
+The handlers installed here cover our own `HTTPError`, digitnet's `InputError` (422), FastAPI's
+request validation, Starlette's HTTP exceptions (404, 405, …) and, last, any other exception, which
+becomes a 500 with a fixed message: the traceback goes to the server log, never to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from digitnet.errors import DigitnetError, InputError
+
+log = logging.getLogger("digitnet.serve")
+
+STATUS_CODES = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
+    413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
+    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+}
+
+
+class HTTPError(Exception):
+    """An error response raised from inside the app: status, machine code, one-line message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_bytes(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    from starlette.responses import Response
+
+    return Response(error_bytes(code, message), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+async def send_error(send: Any, status: int, code: str, message: str,
+                     headers: dict[str, str] | None = None, *, close: bool = False) -> None:
+    """Send a complete JSON error response on a raw ASGI `send` (for pure ASGI middleware).
+
+    `close`: the request body was not (fully) read, so the connection cannot carry another
+    request; `Connection: close` makes the server drop it instead of parsing the unread rest of
+    the body as the next request (or waiting for it indefinitely).
+    """
+    body = error_bytes(code, message)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        raw.append((b"connection", b"close"))
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def validation_message(errors: list[dict[str, Any]], limit: int = 3) -> str:
+    """Pydantic errors → one line: 'pixels.3: Input should be a finite number; …'."""
+    parts = []
+    for err in errors[:limit]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        msg = str(err.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = len(errors) - limit
+    line = "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    return line.replace("\n", " ")[:500] or "invalid request"
+
+
+def install_error_handlers(app: Any) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    async def on_http_error(request, exc: HTTPError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    async def on_input_error(request, exc: InputError):
+        return error_response(422, "invalid_input", str(exc).splitlines()[0] if str(exc) else "invalid input")
+
+    async def on_digitnet_error(request, exc: DigitnetError):
+        # A ModelError mid-request is the server's problem, not the client's; say so without detail.
+        log.error("digitnet error while serving %s: %s", request.url.path, exc)
+        return error_response(503, "unavailable", "the model is unavailable")
+
+    async def on_validation(request, exc: RequestValidationError):
+        return error_response(422, "invalid_input", validation_message(list(exc.errors())))
+
+    async def on_starlette_http(request, exc: StarletteHTTPException):
+        code = STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+    async def on_unexpected(request, exc: Exception):
+        log.exception("unhandled error while serving %s", request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", "internal server error")
+
+    app.add_exception_handler(HTTPError, on_http_error)
+    app.add_exception_handler(InputError, on_input_error)
+    app.add_exception_handler(DigitnetError, on_digitnet_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_starlette_http)
+    app.add_exception_handler(Exception, on_unexpected)

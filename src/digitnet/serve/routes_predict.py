@@ -1,0 +1,139 @@
+"""`POST /v1/predict` and `POST /v1/predict/batch`.
+
+Each takes JSON (`PredictRequest` / `BatchRequest`) or multipart (field `file`, or repeated `files`
+for a batch). The handlers are async only to read the body; decoding and inference run in the
+threadpool (`run_in_threadpool`), bounded by `ConcurrencyLimitMiddleware`. Responses are built with
+`model_construct` and serialised by pydantic-core directly: the values come from the model, so
+re-validating 784 floats per request would be pure overhead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from digitnet.serve.inputs import Item, item_from_request, predict_items
+from digitnet.serve.responses import HTTPError, validation_message
+from digitnet.serve.schemas import (
+    MAX_BATCH,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+)
+
+router = APIRouter(tags=["predict"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in ((413, "body over the size cap"), (415, "not JSON/multipart, or an image format we refuse"),
+                         (422, "undecodable image, wrong shape, NaN or out-of-range pixels, pixel bomb"),
+                         (503, "model not loaded yet, or too many requests in flight (see Retry-After)"))
+}
+
+
+def _body_doc(schema: type, field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI for a body read by hand: the JSON model, or multipart with one/many files."""
+    file_schema = {"type": "string", "format": "binary"}
+    part = {"type": "array", "items": file_schema} if many else file_schema
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema.__name__}"}},
+        "multipart/form-data": {"schema": {"type": "object", "required": [field], "properties": {field: part}}},
+    }}}
+
+
+def _predictor(request: Request) -> Any:
+    predictor = request.app.state.predictor
+    if predictor is None:
+        raise HTTPError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
+    return predictor
+
+
+async def _read_items(request: Request, *, batch: bool) -> list[Item]:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "application/json":
+        body = await request.body()
+        try:
+            if batch:
+                parsed = BatchRequest.model_validate_json(body)
+                return [item_from_request(req, f"items[{i}]") for i, req in enumerate(parsed.items)]
+            return [item_from_request(PredictRequest.model_validate_json(body))]
+        except ValidationError as exc:
+            raise HTTPError(422, "invalid_input", validation_message(exc.errors(include_url=False))) from None
+    if media_type == "multipart/form-data":
+        return await _read_files(request, "files" if batch else "file", MAX_BATCH if batch else 1)
+    raise HTTPError(415, "unsupported_media_type",
+                    f"send application/json or multipart/form-data, not {media_type or 'no Content-Type'}")
+
+
+async def _read_files(request: Request, field: str, max_files: int) -> list[Item]:
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+
+    try:
+        form = await request.form(max_files=max_files, max_fields=16)
+    except (HTTPException, MultiPartException) as exc:
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", "")
+        raise HTTPError(422, "invalid_input", f"malformed multipart body: {detail}") from None
+    try:
+        uploads = form.getlist(field)
+        if not uploads:
+            raise HTTPError(422, "invalid_input", f"multipart body needs a file field named {field!r}")
+        items = []
+        for i, upload in enumerate(uploads):
+            label = f"files[{i}]" if max_files > 1 else "image"
+            if not isinstance(upload, UploadFile):
+                raise HTTPError(422, "invalid_input", f"{label}: field {field!r} must be a file upload")
+            items.append(Item(data=await upload.read(), label=label))
+        return items
+    finally:
+        await form.close()
+
+
+def _to_response(pred: Any, info: ModelInfo) -> PredictResponse:
+    return PredictResponse.model_construct(
+        digit=pred.digit, confidence=round(float(pred.confidence), 6),
+        probabilities=np.round(np.asarray(pred.probabilities, dtype=np.float64), 6).tolist(),
+        unsure=bool(pred.unsure), empty=bool(pred.empty), model=info,
+        image=np.round(np.asarray(pred.image, dtype=np.float64), 4).tolist(),  # (28, 28)
+    )
+
+
+async def _run(request: Request, items: list[Item]) -> tuple[list[Any], ModelInfo]:
+    from starlette.concurrency import run_in_threadpool
+
+    predictor = _predictor(request)
+    state = request.app.state.serve
+    preds = await run_in_threadpool(predict_items, predictor, items, state.limits.max_body_bytes)
+    state.metrics.observe_predictions(preds)
+    return preds, state.model_info
+
+
+@router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,
+             openapi_extra=_body_doc(PredictRequest, "file", many=False),
+             summary="Classify one image (JSON pixels, JSON base64 image, or multipart `file`)")
+async def predict(request: Request) -> Response:
+    _predictor(request)  # refuse before reading the body when not ready
+    items = await _read_items(request, batch=False)
+    preds, info = await _run(request, items)
+    return Response(_to_response(preds[0], info).model_dump_json(), media_type="application/json")
+
+
+@router.post("/v1/predict/batch", response_model=BatchResponse, responses=ERRORS,
+             openapi_extra=_body_doc(BatchRequest, "files", many=True),
+             summary=f"Classify up to {MAX_BATCH} images (JSON `items`, or multipart repeated `files`)")
+async def predict_batch(request: Request) -> Response:
+    _predictor(request)
+    items = await _read_items(request, batch=True)
+    if len(items) > MAX_BATCH:  # multipart: the parser stops at MAX_BATCH files, JSON at max_length
+        raise HTTPError(422, "invalid_input", f"at most {MAX_BATCH} images per batch, got {len(items)}")
+    preds, info = await _run(request, items)
+    body = BatchResponse.model_construct(model=info, predictions=[_to_response(p, info) for p in preds])
+    return Response(body.model_dump_json(), media_type="application/json")

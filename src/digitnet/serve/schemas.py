@@ -1,0 +1,126 @@
+"""Request and response models of the HTTP API (they are also what /docs shows).
+
+Pixel convention for JSON `pixels`: MNIST form, a light digit on a dark background (0 = background),
+28×28 nested rows or 784 numbers in row-major order. Scale: `"0-255"`, `"0-1"`, or `"auto"` (the
+default), where auto means 0–255 if any value is above 1, else 0–1. Every value must be a finite
+JSON number (strings, booleans, NaN and infinities are refused) in [0, 255] (or [0, 1] for "0-1").
+Pixels are fed to the model as they are unless `preprocess` is true, in which case they go through
+the same pipeline as an uploaded photo (polarity, crop, centring by mass).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from digitnet.errors import InputError
+
+MAX_BATCH = 256
+
+# strict: "1" and true are not numbers; allow_inf_nan=False: the NaN/Infinity JSON extensions are refused.
+Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class PredictRequest(BaseModel):
+    """One image: exactly one of `pixels` or `image_base64`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pixels: list[Pixel] | list[list[Pixel]] | None = Field(
+        default=None, description="28×28 rows or 784 numbers, light digit on dark background (MNIST form)")
+    image_base64: str | None = Field(
+        default=None, description="a PNG/JPEG/GIF/BMP/WebP file, base64 (a data: URL prefix is allowed)")
+    scale: Literal["auto", "0-255", "0-1"] = Field(
+        default="auto", description="pixel scale; auto = 0-255 if any value is above 1, else 0-1")
+    preprocess: bool = Field(
+        default=False, description="run pixels through the photo pipeline (images always are)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        if (self.pixels is None) == (self.image_base64 is None):
+            raise ValueError("give exactly one of 'pixels' or 'image_base64'")
+        return self
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[PredictRequest] = Field(min_length=1, max_length=MAX_BATCH,
+                                        description=f"1 to {MAX_BATCH} images")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+
+
+class PredictResponse(BaseModel):
+    digit: int | None = Field(description="the predicted digit, or null for an empty canvas")
+    confidence: float = Field(description="calibrated probability of `digit`")
+    probabilities: list[float] = Field(description="10 calibrated probabilities, digits 0-9")
+    unsure: bool = Field(description="confidence is below the model's calibrated threshold")
+    empty: bool = Field(description="the image had no ink")
+    model: ModelInfo
+    image: list[list[float]] = Field(description="the 28×28 image the model saw, 0-1, light on dark")
+
+
+class BatchResponse(BaseModel):
+    model: ModelInfo
+    predictions: list[PredictResponse]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    model: ModelInfo | None = None
+
+
+def pixels_to_array(req: PredictRequest) -> np.ndarray:
+    """Validated JSON pixels → float32 `(28, 28)` in [0, 1], or InputError naming the problem."""
+    px = req.pixels or []
+    if px and isinstance(px[0], list):
+        widths = sorted({len(row) for row in px})
+        if len(px) != 28 or widths != [28]:
+            raise InputError(f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} rows "
+                             f"of length {'/'.join(map(str, widths))}")
+    elif len(px) != 784:
+        raise InputError(f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} numbers")
+    arr = np.asarray(px, dtype=np.float32).reshape(28, 28)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0:
+        raise InputError(f"pixels must not be negative (min {lo:g})")
+    if req.scale == "0-1" or (req.scale == "auto" and hi <= 1.0):
+        if hi > 1.0:
+            raise InputError(f"pixels with scale 0-1 must be at most 1 (max {hi:g})")
+        return arr
+    if hi > 255:
+        raise InputError(f"pixels must be at most 255 (max {hi:g})")
+    return arr / np.float32(255.0)
+
+
+def decode_base64(text: str) -> bytes:
+    """The bytes of `image_base64`, with an optional `data:<type>;base64,` prefix removed."""
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise InputError("image_base64 data: URL must be base64-encoded")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("image_base64 is not valid base64") from None

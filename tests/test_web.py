@@ -1,0 +1,204 @@
+"""The draw-a-digit page in a real browser: Debian's /usr/bin/chromium driven headless by playwright.
+
+The server is uvicorn in a thread on a free 127.0.0.1 port, loading a model through the app's
+lifespan: the bundled default when present, else a small CNN trained here for one epoch on real
+MNIST (the test checks the predicted digit, so the model must be trained).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def web_model(tmp_path_factory, request) -> str:
+    """'default' if the bundled model exists, else a CNN trained for one epoch on 30k MNIST digits."""
+    from digitnet.checkpoint import PRETRAINED_DIR
+
+    if (PRETRAINED_DIR / "model.pt").is_file():
+        return "default"
+    import torch
+    from torch import nn
+
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.models import build_model
+
+    mnist = request.getfixturevalue("mnist")
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = build_model("cnn")
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        x = torch.from_numpy(mnist.x_train[:30000]).float().div_(255).unsqueeze(1)  # (N, 1, 28, 28)
+        y = torch.from_numpy(np.asarray(mnist.y_train[:30000], dtype=np.int64))
+        model.train()
+        for idx in torch.randperm(len(x)).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("webmodel") / "model.pt"
+    save_checkpoint(path, model, model_name="cnn", unsure_threshold=0.5)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(web_model):
+    import uvicorn
+
+    from digitnet.serve import create_app
+
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(web_model), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        pytest.fail("server did not become ready")
+    yield url
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+def stroke(page, points: list[tuple[float, float]]) -> None:
+    """Drag the mouse through `points`, given as fractions of the drawing pad's box."""
+    box = page.locator("#pad").bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for p in xy[1:]:
+        page.mouse.move(*p, steps=2)
+    page.mouse.up()
+
+
+def wait_prediction(page) -> str:
+    page.wait_for_function(
+        "() => { const r = document.querySelector('#result');"
+        " return ['ready', 'unsure'].includes(r.dataset.state) && r.getAttribute('aria-busy') === 'false'; }",
+        timeout=15000,
+    )
+    return page.locator("#digit").inner_text().strip()
+
+
+def ink_sum(page, selector: str, paper: int = 0) -> int:
+    """Sum over the canvas' red channel of |value - paper|: 0 for a blank canvas."""
+    return page.evaluate(
+        """([sel, paper]) => { const c = document.querySelector(sel);
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             let s = 0; for (let i = 0; i < d.length; i += 4) s += Math.abs(d[i] - paper); return s; }""",
+        [selector, paper],
+    )
+
+
+def test_draw_predict_clear_and_upload(server, browser, tmp_path, mnist):
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    foreign: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else foreign.append(r.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    assert page.locator("#bars .bar-row").count() == 10
+    paper = ink_sum(page, "#pad", 0x11)  # the pad's background colour is #111424
+    assert paper == 0
+
+    # A "1": one vertical stroke.
+    stroke(page, [(0.52, 0.18 + 0.64 * i / 16) for i in range(17)])
+    assert wait_prediction(page) == "1"
+    bars = page.locator("#bars .bar-row")
+    assert bars.count() == 10
+    widths = [float(bars.nth(d).locator(".bar-fill").evaluate("e => parseFloat(e.style.width)")) for d in range(10)]
+    assert max(widths) == widths[1] and abs(sum(widths) - 100) < 1.5
+    assert ink_sum(page, "#seen") > 0  # the 28×28 image the model saw is drawn
+    page.screenshot(path=str(tmp_path / "web-one.png"), full_page=True)
+    shutil.copy(tmp_path / "web-one.png", "/tmp/web-screenshot.png")
+
+    # Clear resets everything.
+    page.click("#clear")
+    assert page.locator("#digit").inner_text().strip() == "–"
+    assert page.locator("#result").get_attribute("data-state") == "empty"
+    assert ink_sum(page, "#pad", 0x11) == 0 and ink_sum(page, "#seen") == 0
+
+    # A "0": an ellipse; then Escape clears too.
+    stroke(page, [(0.5 + 0.2 * math.sin(t), 0.5 - 0.3 * math.cos(t))
+                  for t in np.linspace(0, 2 * math.pi * 1.05, 40)])
+    assert wait_prediction(page) == "0"
+    page.keyboard.press("Escape")
+    assert page.locator("#result").get_attribute("data-state") == "empty"
+
+    # Upload a photo: a real MNIST test digit, inverted to dark ink on paper and enlarged, as a PNG.
+    from PIL import Image
+
+    img = Image.fromarray(255 - mnist.x_test[0]).resize((140, 140), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    page.set_input_files("#upload", files=[{"name": "photo.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    assert wait_prediction(page) == str(int(mnist.y_test[0]))
+
+    # A file the server refuses shows its message, not a crash.
+    page.set_input_files("#upload", files=[{"name": "x.png", "mimeType": "image/png", "buffer": b"not an image"}])
+    page.wait_for_function("() => document.querySelector('#result').dataset.state === 'error'", timeout=10000)
+    assert "not a recognised image" in page.locator("#status").inner_text()
+    assert not errors, errors
+    assert not foreign, f"page fetched from outside the app: {foreign}"
+    page.close()
+
+
+def test_phone_viewport(server, browser, tmp_path):
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                              has_touch=True)
+    page = ctx.new_page()
+    page.goto(server + "/")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+    box = page.locator("#pad").bounding_box()
+    assert 250 <= box["width"] <= 390 and abs(box["width"] - box["height"]) < 2
+    assert page.locator("#pad").evaluate("e => getComputedStyle(e).touchAction") == "none"
+    stroke(page, [(0.5, 0.2 + 0.6 * i / 12) for i in range(13)])
+    assert wait_prediction(page) == "1"
+    page.screenshot(path=str(tmp_path / "web-phone.png"), full_page=True)
+    shutil.copy(tmp_path / "web-phone.png", "/tmp/web-screenshot-phone.png")
+    ctx.close()
