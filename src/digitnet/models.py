@@ -155,7 +155,7 @@ MODELS: dict[str, ModelSpec] = {
     "best": ModelSpec(
         "best", CNN, "wider 3-block CNN, augmentation, EMA: the most accurate single model",
         kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)]),
-        recipe=dict(epochs=15, batch_size=512, lr=0.3, optimizer="sgd", schedule="onecycle", warmup=0.15,
+        recipe=dict(epochs=20, batch_size=512, lr=0.3, optimizer="sgd", schedule="onecycle", warmup=0.15,
                     label_smoothing=0.1, weight_decay=5e-4, augment=1.0, bf16=True, ema=0.998),
     ),
     "ensemble": ModelSpec("ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)"),
