@@ -199,7 +199,6 @@ def test_temperature_must_be_positive(tmp_path):
         Predictor.load(make_run(tmp_path, temperature=-1.0), backend="torch")
 
 
-@pytest.mark.skipif(not BUNDLED.is_file(), reason="bundled model not yet trained")
 def test_bundled_model_loads_and_scores(mnist):
     predictor = Predictor.load("default")
     assert predictor.name and predictor.version and 0 < predictor.temperature < 10

@@ -259,7 +259,7 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
             row["val_accuracy"], row["val_loss"] = accuracy_and_loss(eval_model, xva, yva, device)
         history.append(row)
         score = row.get("val_accuracy", epoch)  # without validation the last epoch is the best
-        if score > best_acc:
+        if score >= best_acc:  # ties go to the later, longer-annealed weights
             best_acc, best_epoch = score, epoch + 1
             best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
         if on_epoch is not None and rank == 0:
