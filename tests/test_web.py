@@ -24,6 +24,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
+def _keep(screenshot: Path) -> None:
+    """Copy a screenshot to $DIGITNET_ARTIFACTS (if set) so a person can look at it after the run."""
+    dest = os.environ.get("DIGITNET_ARTIFACTS")
+    if dest:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, Path(dest) / screenshot.name)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,7 +137,7 @@ def test_draw_predict_clear_and_upload(server, browser, tmp_path, mnist):
     assert max(widths) == widths[1] and abs(sum(widths) - 100) < 1.5
     assert ink_sum(page, "#seen") > 0  # the 28×28 image the model saw is drawn
     page.screenshot(path=str(tmp_path / "web-one.png"), full_page=True)
-    shutil.copy(tmp_path / "web-one.png", "/tmp/web-screenshot.png")
+    _keep(tmp_path / "web-one.png")
 
     # Clear resets everything.
     page.click("#clear")
@@ -174,5 +182,5 @@ def test_phone_viewport(server, browser, tmp_path):
     stroke(page, [(0.5, 0.2 + 0.6 * i / 12) for i in range(13)])
     assert wait_prediction(page) == "1"
     page.screenshot(path=str(tmp_path / "web-phone.png"), full_page=True)
-    shutil.copy(tmp_path / "web-phone.png", "/tmp/web-screenshot-phone.png")
+    _keep(tmp_path / "web-phone.png")
     ctx.close()

@@ -347,6 +347,8 @@ def load_for_demo(data_dir: str | os.PathLike | None = None, *, offline: bool | 
     try:
         return load_dataset("mnist", data_dir, offline=offline)
     except DatasetError as exc:
+        if data_dir is not None or os.environ.get("DIGITNET_DATA"):
+            raise  # an explicit folder is used or refused, never swapped for the sample
         reason = str(exc)
     bar = "!" * 78
     print(

@@ -48,7 +48,9 @@ def wrap(model: Any, device: Any) -> Any:
     from torch.nn.parallel import DistributedDataParallel
 
     if device.type == "cuda":
-        return DistributedDataParallel(model, device_ids=[device.index or 0])
+        import torch
+
+        return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
     return DistributedDataParallel(model)
 
 

@@ -28,6 +28,8 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[s
         sub.load_state_dict(m.model.state_dict())
     model.eval()
     out = Path(out)
+    if (out / "model.pt").exists():
+        raise ConfigError(f"{out} already holds a run: choose another --out")
     started = runfolder.now_iso()
     pred = batched_logits(model, data.x_test).argmax(1).numpy()
     y = np.asarray(data.y_test)

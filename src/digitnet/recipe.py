@@ -31,7 +31,7 @@ def random_affine(x: torch.Tensor, strength: float, gen: torch.Generator) -> tor
         torch.stack([cos, -sin + shear * cos, tx], 1),
         torch.stack([sin, cos + shear * sin, ty], 1),
     ], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

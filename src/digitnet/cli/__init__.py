@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     except DigitnetError as exc:
         err_console.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # unwritable --out, full disk, a file where a folder should be …
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"error: {where}{exc.strerror or exc}", markup=False)
+        sys.exit(2)
     except click.exceptions.Abort:
         err_console.print("aborted", markup=False)
         sys.exit(130)

@@ -102,8 +102,8 @@ def demo_cmd(
     from digitnet.train import TrainConfig, train
 
     data = load_for_demo(data_dir, offline=offline or None)
-    if out.exists() and (out / "metrics.json").exists():
-        shutil.rmtree(out)  # the demo always starts fresh
+    if out.is_dir() and any((out / f).exists() for f in ("model.pt", "last.pt", "metrics.json")):
+        shutil.rmtree(out)  # the demo always starts fresh, even after an interrupted demo
     cfg = TrainConfig.for_model("cnn", epochs=epochs)
     metrics = train(cfg, data, out)
     evaluation = evaluate_run(out, data)
@@ -124,6 +124,10 @@ def bench_train(
 ) -> None:
     """Time to 99.0 % and 99.5 % test accuracy, final accuracy, images/s and peak RSS, per seed."""
     from digitnet.bench_train import bench_train as run_bench
+    from digitnet.errors import ConfigError
+
+    if seeds < 1 or evals_per_epoch < 1:
+        raise ConfigError("--seeds and --evals-per-epoch must be >= 1")
 
     data = _load("mnist", data_dir, offline, False)
     result = run_bench(model, data, seeds=seeds, epochs=epochs, evals_per_epoch=evals_per_epoch,

@@ -90,7 +90,16 @@ def predict_items(predictor: Any, items: list[Item], max_bytes: int) -> list[Any
 
     Runs in a worker thread: decoding and inference are CPU-bound and must not block the event loop.
     """
-    decoded = [decode_item(it, max_bytes) for it in items]
+    from digitnet.preprocess import preprocess
+
+    # Each image is reduced to its 28x28 field before the next is decoded: a batch of large,
+    # highly compressible images never holds more than one full-size bitmap in memory.
+    decoded: list[Any] = []
+    for it in items:
+        img = decode_item(it, max_bytes)
+        if not (it.pixels is not None and not it.preprocess):
+            img = preprocess(img)
+        decoded.append(img)
     raw = [i for i, it in enumerate(items) if it.pixels is not None and not it.preprocess]
     raw_set = set(raw)
     rest = [i for i in range(len(items)) if i not in raw_set]
@@ -104,7 +113,8 @@ def predict_items(predictor: Any, items: list[Item], max_bytes: int) -> list[Any
         for i, pred in zip(raw, predictor.predict_arrays(batch, empty=empty), strict=True):
             out[i] = pred
     if rest:
-        for i, pred in zip(rest, predictor.predict_images([decoded[i] for i in rest], preprocess=True),
-                           strict=True):
+        fields = np.stack([decoded[i].image for i in rest])  # (N, 28, 28), already preprocessed
+        empty = [decoded[i].empty for i in rest]
+        for i, pred in zip(rest, predictor.predict_arrays(fields, empty=empty), strict=True):
             out[i] = pred
     return out
