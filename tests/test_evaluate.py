@@ -196,6 +196,9 @@ def test_evaluate_run_uses_calibrated_probabilities(tmp_path):
     assert r["data"] == {"name": "synthetic", "source": "test", "is_sample": True, "n_test": 200}
     assert r["unsure"]["flagged"] == int((probs.max(1) < 0.3).sum())
     assert len(r["worst_errors"]) == min(24, r["error_count"])
+    nd = r["non_digits"]  # the probe set of blank pages and scribbles, run through the same predictor
+    assert nd["blank"] == {"n": 10, "empty": 10, "unsure": 10} and nd["marks"]["n"] == 30
+    assert 0 <= nd["marks"]["unsure"] <= 30
     json.dumps(r)  # JSON-able all the way down
 
 

@@ -8,10 +8,11 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
 from digitnet.checkpoint import PRETRAINED_DIR
 from digitnet.inference import Predictor
+from digitnet.nondigits import not_digits
 from digitnet.preprocess import decode_image
 
 pytestmark = pytest.mark.slow
@@ -53,43 +54,6 @@ def test_real_image_suite(mnist, predictor):
           f"{(digits == mnist.y_test[idx])[answered].mean():.2%} of those right")
     assert sum(p.empty for p in preds) == 0
     assert acc >= 0.97, f"only {acc:.1%} of 500 real-style images right"
-
-
-def not_digits(rng: np.random.Generator) -> list[Image.Image]:
-    """40 images that hold no digit: blank/near-blank pages, scribbles, shapes, hatching, letters-ish."""
-    out: list[Image.Image] = []
-    for level in (255, 0, 128, 200):  # blank pages of several tones
-        out.append(Image.new("L", (120, 120), level))
-    grad = np.tile(np.linspace(200, 250, 160, dtype=np.float32), (120, 1))
-    out.append(Image.fromarray(grad.astype(np.uint8)))  # uneven lighting, no ink
-    for _ in range(5):  # paper noise only
-        out.append(Image.fromarray(np.clip(rng.normal(225, 5, (150, 150)), 0, 255).astype(np.uint8)))
-    for k in range(30):
-        img = Image.new("L", (200, 200), 235)
-        d = ImageDraw.Draw(img)
-        kind = k % 6
-        if kind == 0:  # random-walk scribble
-            pts = [tuple(rng.integers(20, 180, 2)) for _ in range(int(rng.integers(6, 14)))]
-            d.line(pts, fill=20, width=int(rng.integers(4, 10)))
-        elif kind == 1:  # filled blob
-            x0, y0 = rng.integers(20, 80, 2)
-            d.ellipse([int(x0), int(y0), int(x0 + rng.integers(60, 110)), int(y0 + rng.integers(60, 110))], fill=20)
-        elif kind == 2:  # hatching
-            for i in range(0, 200, int(rng.integers(12, 25))):
-                d.line([(i, 20), (i + 60, 180)], fill=20, width=5)
-        elif kind == 3:  # a rectangle outline
-            d.rectangle([40, 40, int(rng.integers(120, 180)), int(rng.integers(120, 180))], outline=20, width=8)
-        elif kind == 4:  # a cross-hatched grid '#'-like mark of many strokes
-            for i in range(4):
-                d.line([(30, 40 + 35 * i), (170, 40 + 35 * i)], fill=20, width=6)
-                d.line([(40 + 35 * i, 30), (40 + 35 * i, 170)], fill=20, width=6)
-        else:  # speckle cloud
-            for _ in range(int(rng.integers(30, 80))):
-                x, y = rng.integers(10, 190, 2)
-                r = int(rng.integers(2, 6))
-                d.ellipse([int(x) - r, int(y) - r, int(x) + r, int(y) + r], fill=20)
-        out.append(img)
-    return out
 
 
 def test_non_digits_flagged(predictor, mnist):

@@ -208,6 +208,9 @@ def evaluate_run(run: str | Path, data: Any, *, top_errors: int = WORST_ERRORS) 
         # The image travels with the dict (784 raw bytes, base64) so a report needs nothing else.
         err["pixels"] = base64.b64encode(np.ascontiguousarray(x_test[err["index"]], dtype=np.uint8).tobytes()).decode()
     result["comparison"] = seed_mlp_baseline(run, result["accuracy"])
+    from digitnet.nondigits import non_digit_report
+
+    result["non_digits"] = non_digit_report(predictor)
     return result
 
 

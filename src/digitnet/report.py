@@ -124,6 +124,12 @@ def render_html(metrics: dict[str, Any], figures: dict[str, bytes]) -> str:
     if u:
         parts.append(f"<p>Flagged unsure at the run's threshold {_num(u.get('threshold'))}: {u.get('flagged', 0):,} "
                      f"({_pct(u.get('flagged_fraction'))}); accuracy on the rest {_pct(u.get('accuracy_answered'), 3)}.</p>")
+    nd = m.get("non_digits")
+    if nd:
+        b, k = nd["blank"], nd["marks"]
+        parts.append(f"<p>Images with no digit (digitnet.nondigits): blank or near-blank pages reported empty "
+                     f"{b['empty']}/{b['n']}; scribbles, blobs, hatching and shapes flagged unsure "
+                     f"{k['unsure']}/{k['n']}.</p>")
 
     if m.get("worst_errors"):
         parts.append("<h2>Most confident errors</h2>")

@@ -59,6 +59,10 @@ def evaluate_cmd(
     console.print(f"test accuracy [bold green]{_pct(m['accuracy'])}[/] ({m['error_count']:,} errors of {m['n']:,})"
                   f" · ECE {m['calibration']['ece']:.4f} · NLL {m['nll']:.4f}")
     console.print(f"vs {c['source']}: {_pct(c['baseline_accuracy'])} → {100 * c['delta']:+.2f} points")
+    u, nd = m["unsure"], m["non_digits"]
+    console.print(f"unsure: {u['flagged']:,} test digits flagged ({_pct(u['flagged_fraction'])}); no-digit probes: "
+                  f"blank {nd['blank']['empty']}/{nd['blank']['n']} empty, scribbles/shapes "
+                  f"{nd['marks']['unsure']}/{nd['marks']['n']} unsure")
     console.print(f"report: {html.resolve()}", markup=False)
 
 
