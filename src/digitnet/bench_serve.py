@@ -234,11 +234,9 @@ def _wait_ready(port: int, proc: subprocess.Popen | None, timeout: float = 120.0
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise DigitnetError(f"the server exited with code {proc.returncode} before it was ready")
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2.0).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.2)
     raise DigitnetError(f"the server on port {port} was not ready after {timeout:.0f} s")
 
