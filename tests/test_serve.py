@@ -577,3 +577,34 @@ def test_bench_refuses_non_loopback_targets():
         ServeBenchConfig(url="http://example.com:8000")
     with pytest.raises(ConfigError, match="duration"):
         ServeBenchConfig(duration_s=10_000)
+
+
+def test_stalled_body_gets_408_without_holding_a_prediction_slot():
+    """A client that stops sending mid-body is answered 408 and closed by the body cap, which sits
+    outside the concurrency limit (so it never held a prediction slot)."""
+    import asyncio
+
+    from digitnet.serve.limits import BodyLimitMiddleware
+
+    reached_app = []
+
+    async def app(scope, receive, send):
+        reached_app.append(True)
+
+    sent = []
+    first = [True]
+
+    async def receive():
+        if first[0]:
+            first[0] = False
+            return {"type": "http.request", "body": b"{\"pix", "more_body": True}
+        await asyncio.sleep(3600)  # the client stalls
+
+    async def send(message):
+        sent.append(message)
+
+    mw = BodyLimitMiddleware(app, max_body_bytes=1024, read_timeout_s=0.2)
+    asyncio.run(mw({"type": "http", "headers": []}, receive, send))
+    assert not reached_app
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
+    assert b"request_timeout" in b"".join(m.get("body", b"") for m in sent[1:])

@@ -116,8 +116,10 @@ def create_app(model: str | Path = "default", *, max_body_bytes: int = DEFAULT_M
     app.mount("/static", StaticFiles(directory=routes_health.STATIC_DIR), name="static")
     app.openapi = _openapi(app)
     # add_middleware puts each new layer outside the previous one: the last added runs first.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
+    # Outermost first: metrics → body cap (buffers the upload) → concurrency slot → routes, so a
+    # slow upload never holds one of the bounded prediction slots.
     app.add_middleware(ConcurrencyLimitMiddleware, limits=limits, state=state)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 

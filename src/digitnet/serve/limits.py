@@ -11,6 +11,7 @@ bound. Both run on the event loop thread only, so the counters need no lock.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +44,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class BodyLimitMiddleware:
-    """Buffer the request body up to `max_body_bytes`; past that answer 413 and stop reading."""
+    """Buffer the request body up to `max_body_bytes`; past that answer 413 and stop reading.
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    It sits outside the concurrency limit, so a client that trickles its body in holds a
+    connection, never a prediction slot; a body that stalls for `read_timeout_s` gets a 408.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int, read_timeout_s: float = 15.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,7 +74,12 @@ class BodyLimitMiddleware:
         chunks: list[bytes] = []
         total = 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except TimeoutError:
+                await send_error(send, 408, "request_timeout",
+                                 f"request body stalled for {self.read_timeout_s:g} s", close=True)
+                return
             if message["type"] == "http.disconnect":
                 return  # the client went away mid-upload; nothing to answer
             chunk = message.get("body", b"")
