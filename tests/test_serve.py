@@ -28,6 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from digitnet.bench_serve import free_port, wait_ready
 from digitnet.serve import create_app
 
 
@@ -55,29 +56,6 @@ def png_bomb_header(width: int = 30000, height: int = 30000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
-    import httpx
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"server exited early ({proc.returncode}): {err[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
-
-
 def start_cli_server(model: Path | str, port: int, *extra: str) -> subprocess.Popen:
     """`digitnet serve` in a subprocess (the real CLI → uvicorn → app_from_env path)."""
     return subprocess.Popen(
@@ -93,13 +71,13 @@ class ThreadServer:
     def __init__(self, app, port: int) -> None:
         import uvicorn
 
-        self.url = f"http://127.0.0.1:{port}"
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
-        wait_ready(self.url)
+        wait_ready(self.port)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -556,7 +534,7 @@ def test_cli_serve_runs_the_service_and_bench_drives_it(ckpt):
     proc = start_cli_server(ckpt, port)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
+        wait_ready(port, proc)
         r = httpx.post(url + "/v1/predict", files={"file": ("d.png", encode(digit_one(56), "PNG"), "image/png")})
         assert r.status_code == 200 and r.json()["model"]["name"] == "cnn"
         res = run_bench_serve(ServeBenchConfig(duration_s=1.5, warmup_s=0, concurrency=4, mode="mixed", url=url))

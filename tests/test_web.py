@@ -10,9 +10,7 @@ import io
 import math
 import os
 import shutil
-import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +30,6 @@ def _keep(screenshot: Path) -> None:
         shutil.copy(screenshot, Path(dest) / screenshot.name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def web_model() -> str:
     """The bundled default model: what `digitnet serve` uses on a fresh install."""
@@ -48,26 +40,15 @@ def web_model() -> str:
 def server(web_model):
     import uvicorn
 
+    from digitnet.bench_serve import free_port, wait_ready
     from digitnet.serve import create_app
 
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(web_model), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    import httpx
-
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        pytest.fail("server did not become ready")
-    yield url
+    wait_ready(port, timeout=120)
+    yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
 

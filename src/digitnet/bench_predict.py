@@ -57,31 +57,25 @@ def _digit_png(path: Path) -> None:
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path)
 
 
+def _timed(fn: Any, repeats: int, warmup: int) -> list[float]:
+    """Seconds per call of `fn()`, after `warmup` untimed calls (allocator, thread pools, ORT)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def bench_backend(predictor: Any, cfg: PredictBenchConfig, png: Path) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (cfg.batch_size, 28, 28), dtype=np.uint8)
     one = batch[:1]
-    for _ in range(3):  # warm-up: allocator, thread pools, ORT's first-run graph work
-        predictor.predict_proba(batch)
-    batch_times = []
-    for _ in range(cfg.batch_repeats):
-        t = time.perf_counter()
-        predictor.predict_proba(batch)
-        batch_times.append(time.perf_counter() - t)
-    for _ in range(50):
-        predictor.predict_proba(one)
-    single = []
-    for _ in range(cfg.n):
-        t = time.perf_counter()
-        predictor.predict_proba(one)
-        single.append(time.perf_counter() - t)
-    for _ in range(20):
-        predictor.predict_file(png)
-    e2e = []
-    for _ in range(cfg.n):
-        t = time.perf_counter()
-        predictor.predict_file(png)
-        e2e.append(time.perf_counter() - t)
+    batch_times = _timed(lambda: predictor.predict_proba(batch), cfg.batch_repeats, warmup=3)
+    single = _timed(lambda: predictor.predict_proba(one), cfg.n, warmup=50)
+    e2e = _timed(lambda: predictor.predict_file(png), cfg.n, warmup=20)
     return {
         "backend": predictor.backend, "model": predictor.name, "version": predictor.version,
         "batch_size": cfg.batch_size, "images_per_s": round(cfg.batch_size / float(np.median(batch_times)), 1),

@@ -221,19 +221,23 @@ async def _drive(cfg: ServeBenchConfig, host: str, port: int, deadline: float, l
     return stats
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the tests start servers the same way)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_ready(port: int, proc: subprocess.Popen | None, timeout: float = 120.0) -> None:
+def wait_ready(port: int, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+    """Poll /readyz until the server on `port` answers 200; fail early if `proc` exits."""
     import httpx
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
-            raise DigitnetError(f"the server exited with code {proc.returncode} before it was ready")
+            err = proc.stderr.read().decode(errors="replace").strip()[-500:] if proc.stderr else ""
+            raise DigitnetError(f"the server exited with code {proc.returncode} before it was ready"
+                                + (f": {err}" if err else ""))
         with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2.0).status_code == 200:
                 return
@@ -252,13 +256,13 @@ def run_bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
     """Run the benchmark; returns a JSON-able dict of the figures."""
     proc = None
     if cfg.url is None:
-        port = _free_port()
+        port = free_port()
         proc = start_server(cfg, port)
     else:
         port = urllib.parse.urlsplit(cfg.url).port or 80
     host = "127.0.0.1"
     try:
-        _wait_ready(port, proc)
+        wait_ready(port, proc)
         if cfg.warmup_s:
             asyncio.run(_drive(cfg, host, port, time.perf_counter() + cfg.warmup_s, cfg.max_requests, False))
         load0 = os.getloadavg()[0]

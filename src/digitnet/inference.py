@@ -206,7 +206,10 @@ class Predictor:
         """Raw logits (N, 10) float32 for anything `models.as_batch` accepts."""
         from digitnet.models import as_batch
 
-        xb = np.ascontiguousarray(as_batch(x).numpy(), dtype=np.float32)  # (N, 1, 28, 28)
+        return self._logits_checked(np.ascontiguousarray(as_batch(x).numpy(), dtype=np.float32))
+
+    def _logits_checked(self, xb: np.ndarray) -> np.ndarray:
+        """Logits for float32 (N, 1, 28, 28) in [0, 1] that `as_batch` already validated."""
         if len(xb) <= CHUNK:
             return np.asarray(self._run_logits(xb), dtype=np.float32)
         return np.concatenate([self._run_logits(xb[i : i + CHUNK]) for i in range(0, len(xb), CHUNK)])
@@ -223,10 +226,12 @@ class Predictor:
         """Predictions for images already in MNIST form, (N, 28, 28) uint8 or float [0, 1]."""
         from digitnet.models import as_batch
 
-        xb = as_batch(images).numpy()[:, 0]  # (N, 28, 28) float32
+        xb4 = np.ascontiguousarray(as_batch(images).numpy(), dtype=np.float32)  # (N, 1, 28, 28), validated once
+        xb = xb4[:, 0]  # (N, 28, 28)
         empty = list(empty) if empty is not None else [False] * len(xb)
         live = [i for i, e in enumerate(empty) if not e]
-        probs = self.predict_proba(xb[live]) if live else np.zeros((0, 10), np.float32)
+        probs = (softmax(self._logits_checked(xb4[live]), self.temperature) if live
+                 else np.zeros((0, 10), np.float32))
         out: list[Prediction] = []
         rows = iter(probs)
         for i, is_empty in enumerate(empty):
