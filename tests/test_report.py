@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from digitnet.plots import error_image, fig_to_png, plot_confusion_matrix, plot_curves, plot_misclassified
-from digitnet.report import read_history, render_html, write_report
+from digitnet.report import render_html, write_report
+from digitnet.runfolder import read_history
 from test_evaluate import make_run, synthetic_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -234,7 +234,7 @@ class DigitClassifier:
     def load(cls, path: str | Path) -> DigitClassifier:
         """A fitted classifier from a run folder (`digitnet train` or `save`), a model.pt, or 'default'."""
         from digitnet.checkpoint import load_checkpoint
-        from digitnet.report import read_history
+        from digitnet.runfolder import read_history
 
         loaded = load_checkpoint(path)
         cfg = dict(loaded.config)

@@ -21,6 +21,7 @@ from digitnet.plots import (
     plot_curves,
     plot_misclassified,
 )
+from digitnet.runfolder import read_history
 from digitnet.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FIGURES = {
@@ -29,13 +30,6 @@ FIGURES = {
     "calibration.png": "Calibration (reliability diagram)",
     "curves.png": "Training curves",
 }
-
-
-def read_history(path: str | Path) -> list[dict[str, Any]]:
-    """history.csv → one dict per epoch (empty cells dropped); a run without one → []."""
-    from digitnet.runfolder import read_history as read_csv
-
-    return read_csv(Path(path)) if Path(path).is_file() else []
 
 
 def _pct(x: Any, digits: int = 2) -> str:

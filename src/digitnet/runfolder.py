@@ -71,7 +71,10 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
+def read_history(path: str | Path) -> list[dict[str, float]]:
+    """history.csv → one dict per epoch (empty cells dropped); a run without one → []."""
+    if not Path(path).is_file():
+        return []
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
