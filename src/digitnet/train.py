@@ -316,6 +316,8 @@ def train(cfg: TrainConfig, data: Any, out: str | Path | None = None, *, resume:
         cfg = TrainConfig.from_dict(saved_cfg)  # the interrupted run's own config wins
     elif (out / "model.pt").exists() or (out / "last.pt").exists():
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after an epoch
     report = Reporter(quiet=quiet or not main, log_json=log_json and main)
     started = runfolder.now_iso()
     if getattr(data, "is_sample", False):
