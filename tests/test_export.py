@@ -96,6 +96,14 @@ def test_onnx_parity_on_real_digits(mnist, tmp_path):
     ort_p = Predictor.load(tmp_path / "m.onnx", backend="onnx")
     a, b = torch_p.predict_proba(x), ort_p.predict_proba(x)
     assert np.abs(a - b).max() < 1e-4
+    # both backends run the BN-folded network; the checkpoint's own (unfolded) network agrees too
+    import torch
+
+    from digitnet.checkpoint import load_checkpoint
+    from digitnet.models import batched_logits
+
+    raw = torch.softmax(batched_logits(load_checkpoint(run).model, x) / 1.3, 1).numpy()
+    assert np.abs(raw - b).max() < 1e-4
     assert np.array_equal(a.argmax(1), b.argmax(1))
     assert len(np.unique(a.argmax(1))) > 1  # a real spread of outputs, not a constant
 
@@ -113,3 +121,28 @@ def test_export_cli(exported, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no model at")
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_fold_for_inference_is_exact_and_only_folds_what_it_may(mnist):
+    """conv→pool→BN→ReLU becomes (conv·s+b)→ReLU→pool only where every BN scale is positive."""
+    import torch
+
+    from digitnet.models import ConvBN, FoldedConvBN, as_batch, build_model, fold_for_inference
+
+    torch.manual_seed(0)
+    model = build_model("cnn")
+    model.train()
+    with torch.no_grad():
+        model(as_batch(mnist.x_train[:1000]))  # realistic running statistics
+    model.eval()
+    blocks = [m for m in model.modules() if isinstance(m, ConvBN)]
+    with torch.no_grad():
+        blocks[1].bn.weight[3] = -0.5  # one negative scale: max-pool no longer commutes, keep it
+    folded = fold_for_inference(model)
+    kinds = [type(m).__name__ for m in folded.features]
+    assert kinds.count("FoldedConvBN") == 1 and kinds.count("ConvBN") == 1
+    assert all(isinstance(m, ConvBN) for m in model.features[4:])  # the original is untouched
+    x = as_batch(mnist.x_test[:500])
+    with torch.no_grad():
+        assert (model(x) - folded(x)).abs().max() < 1e-4
+    assert any(isinstance(m, FoldedConvBN) for m in folded.modules())

@@ -132,10 +132,16 @@ def test_predict_proba_is_calibrated_softmax(run, predictor):
 def test_predict_accepts_as_batch_forms(predictor):
     x = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     ref = predictor.predict_proba(x)
-    for form in (x.reshape(3, 784), x[:, None], x / 255.0, (x / 255.0).astype(np.float32)):
+    import torch
+
+    for form in (x.reshape(3, 784), x[:, None], x / 255.0, (x / 255.0).astype(np.float32), torch.from_numpy(x),
+                 torch.from_numpy(x / 255.0).float(), (x / 255.0).tolist()):
         assert np.allclose(predictor.predict_proba(form), ref, atol=1e-5)
-    with pytest.raises(InputError):
-        predictor.predict_proba(np.zeros((2, 27, 27)))
+    assert np.allclose(predictor.predict_proba(torch.from_numpy(x / 255.0).bfloat16()), ref, atol=0.05)
+    for bad, why in [(np.zeros((2, 27, 27)), "shaped"), (x.astype(np.int64), "uint8 0-255 or float"),
+                     (np.full((1, 28, 28), np.nan), "NaN"), (np.full((1, 28, 28), 2.0), r"\[0, 1\]")]:
+        with pytest.raises(InputError, match=why):
+            predictor.predict_proba(bad)
     assert predictor.predict_proba(np.zeros((0, 28, 28), np.uint8)).shape == (0, 10)
 
 

@@ -110,6 +110,35 @@ def test_train_writes_a_complete_run_folder(toy, tmp_path):
         train(tiny(), toy, out, quiet=True)
 
 
+def test_elastic_distortion_is_seeded_and_moves_ink():
+    from digitnet.recipe import random_affine
+
+    x = torch.zeros(4, 1, 28, 28)
+    x[:, :, 8:20, 12:16] = 1.0  # a bar
+    plain = random_affine(x, 1.0, torch.Generator().manual_seed(3))
+    a = random_affine(x, 1.0, torch.Generator().manual_seed(3), elastic=2.0)
+    b = random_affine(x, 1.0, torch.Generator().manual_seed(3), elastic=2.0)
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert (a - plain).abs().max() > 0.2  # the field really displaces the strokes
+    assert abs(a.sum() - plain.sum()) / plain.sum() < 0.15  # … without creating or losing much ink
+    with pytest.raises(ConfigError, match="elastic"):
+        TrainConfig.for_model("cnn", elastic=20.0)
+
+
+def test_distillation_from_a_saved_run(toy, tmp_path):
+    """A student trained only on the teacher's soft targets (distill=1) still learns the task."""
+    teacher_dir = tmp_path / "teacher"
+    train(tiny(), toy, teacher_dir, quiet=True)
+    student = fit(tiny(teacher=str(teacher_dir), distill=1.0, seed=1), toy.x_train, toy.y_train, toy.x_test, toy.y_test)
+    assert student.val_accuracy > 0.9, student.history
+    with pytest.raises(ConfigError, match="distill"):
+        TrainConfig.for_model("cnn", distill=1.5)
+    from digitnet.errors import ModelError
+
+    with pytest.raises(ModelError, match="no model at"):
+        fit(tiny(teacher=str(tmp_path / "missing")), toy.x_train, toy.y_train)
+
+
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "digitnet", *args], cwd=REPO, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)

@@ -204,12 +204,12 @@ class Predictor:
     # -- arrays ------------------------------------------------------------------------------
     def logits(self, x: Any) -> np.ndarray:
         """Raw logits (N, 10) float32 for anything `models.as_batch` accepts."""
-        from digitnet.models import as_batch
+        from digitnet.models import as_batch_array
 
-        return self._logits_checked(np.ascontiguousarray(as_batch(x).numpy(), dtype=np.float32))
+        return self._logits_checked(as_batch_array(x))
 
     def _logits_checked(self, xb: np.ndarray) -> np.ndarray:
-        """Logits for float32 (N, 1, 28, 28) in [0, 1] that `as_batch` already validated."""
+        """Logits for float32 (N, 1, 28, 28) in [0, 1] that `as_batch_array` already validated."""
         if len(xb) <= CHUNK:
             return np.asarray(self._run_logits(xb), dtype=np.float32)
         return np.concatenate([self._run_logits(xb[i : i + CHUNK]) for i in range(0, len(xb), CHUNK)])
@@ -224,9 +224,9 @@ class Predictor:
 
     def predict_arrays(self, images: np.ndarray, *, empty: list[bool] | None = None) -> list[Prediction]:
         """Predictions for images already in MNIST form, (N, 28, 28) uint8 or float [0, 1]."""
-        from digitnet.models import as_batch
+        from digitnet.models import as_batch_array
 
-        xb4 = np.ascontiguousarray(as_batch(images).numpy(), dtype=np.float32)  # (N, 1, 28, 28), validated once
+        xb4 = as_batch_array(images)  # (N, 1, 28, 28), validated once
         xb = xb4[:, 0]  # (N, 28, 28)
         empty = list(empty) if empty is not None else [False] * len(xb)
         live = [i for i, e in enumerate(empty) if not e]
@@ -270,19 +270,20 @@ class Predictor:
 
 
 def _fast_module(model: Any) -> Any:
-    """Conv+BatchNorm folded into one conv (torch.fx), weights channels_last: same function, fewer
-    passes over memory. Falls back to the model as is when it cannot be traced."""
-    import copy
+    """Every BatchNorm folded into its conv (across the pool by `fold_for_inference`, adjacent ones
+    by torch.fx), weights channels_last: same function, fewer passes over memory. Falls back to the model as is when it cannot be traced."""
     import warnings
 
     import torch
+
+    from digitnet.models import fold_for_inference
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the module imports torch.jit helpers
             from torch.fx.experimental.optimization import fuse
 
-            fused = fuse(copy.deepcopy(model))
+            fused = fuse(fold_for_inference(model))
     except Exception:  # an architecture fx cannot trace: correctness first
         fused = model
     return fused.eval().to(memory_format=torch.channels_last)

@@ -14,12 +14,14 @@ if TYPE_CHECKING:
     from digitnet.train import TrainConfig
 
 
-def random_affine(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Random rotation ±10°, scale ±10 %, shear ±0.15 and shift ±2 px per image (× strength).
+def random_affine(x: torch.Tensor, strength: float, gen: torch.Generator, elastic: float = 0.0) -> torch.Tensor:
+    """Random rotation ±10°, scale ±10 %, shear ±0.15 and shift ±2 px per image (× strength),
+    plus, when `elastic` > 0, a smooth random displacement field of up to about `elastic` px
+    (Simard et al. 2003's elastic distortion, here a 4×4 grid of random offsets upsampled bicubically).
 
     x: (B, 1, 28, 28) float. One `affine_grid` + `grid_sample` for the whole batch.
     """
-    b = x.shape[0]
+    b, h = x.shape[0], x.shape[-1]
 
     def u(scale: float) -> torch.Tensor:  # (B,) uniform in [-scale, scale]
         return (torch.rand(b, generator=gen) * 2 - 1) * scale * strength
@@ -32,6 +34,10 @@ def random_affine(x: torch.Tensor, strength: float, gen: torch.Generator) -> tor
         torch.stack([sin, cos + shear * sin, ty], 1),
     ], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    if elastic:  # (B, 2, 4, 4) offsets in px → (B, H, W, 2) in grid units (2 / H per px)
+        coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * (elastic * 2 / h)
+        field = F.interpolate(coarse, size=(h, h), mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1).to(device=x.device, dtype=x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -84,3 +90,28 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+DISTILL_T = 2.0  # softening temperature for knowledge distillation (Hinton et al. 2015)
+
+
+class Teacher:
+    """A trained run (or ensemble) whose softened predictions a student learns from.
+
+    The teacher sees exactly the augmented batch the student sees, so its targets follow the
+    augmentation; it runs without gradients under the same autocast as the student.
+    """
+
+    def __init__(self, spec: str, device: torch.device, weight: float) -> None:
+        from digitnet.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(spec)
+        self.model = loaded.model.to(device).to(memory_format=torch.channels_last).requires_grad_(False).eval()
+        self.weight = weight
+
+    def loss(self, student_logits: torch.Tensor, x: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
+        """(1 - w) · hard-label loss + w · T² · KL(teacher_T ‖ student_T); logits (B, 10) float32."""
+        with torch.no_grad():
+            target = F.log_softmax(self.model(x).float() / DISTILL_T, 1)  # (B, 10)
+        soft = F.kl_div(F.log_softmax(student_logits / DISTILL_T, 1), target, log_target=True, reduction="batchmean")
+        return (1 - self.weight) * hard_loss + self.weight * DISTILL_T**2 * soft

@@ -22,7 +22,7 @@ from torch import nn
 
 from digitnet.errors import ConfigError
 from digitnet.models import as_batch, build_model, get_spec
-from digitnet.recipe import EMA, lr_at, make_optimizer, random_affine
+from digitnet.recipe import EMA, Teacher, lr_at, make_optimizer, random_affine
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     augment: float = 0.0  # strength of random affine augmentation, 0 = off, 1 = the default ranges
+    elastic: float = 0.0  # elastic distortion on top of the affine, in px (needs augment > 0), 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, 0 = off
     bf16: bool = True  # bf16 autocast (CPU: AMX; CUDA: bf16 AMP)
     seed: int = 0
@@ -50,6 +51,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads, 0 = leave torch's default
     device: str = "cpu"  # cpu | cuda | mps | auto
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher: str = ""  # run folder / model.pt / 'default' to distil from, "" = plain training
+    distill: float = 0.7  # weight of the teacher's soft targets against the labels (with a teacher)
 
     def __post_init__(self) -> None:
         get_spec(self.model)
@@ -63,7 +66,9 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.augment <= 3, "augment must be in [0, 3]"),
+            (0 <= self.elastic <= 8, "elastic must be in [0, 8] px"),
             (0 <= self.ema < 1, "ema must be in [0, 1)"),
+            (0 <= self.distill <= 1, "distill must be in [0, 1]"),
             (self.val_size >= 0, "val_size must be >= 0"),
             (self.early_stopping >= 0, "early_stopping must be >= 0"),
             (self.threads >= 0, "threads must be >= 0"),
@@ -193,6 +198,7 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
     model = build_model(cfg.model, **cfg.model_kwargs).to(device).to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema) if cfg.ema else None
+    teacher = Teacher(cfg.teacher, device, cfg.distill) if cfg.teacher else None
     steps_per_epoch = max(1, len(xtr) // cfg.batch_size)  # drop the ragged last batch: stable BN
     total = cfg.epochs * steps_per_epoch
     local_bs = cfg.batch_size // world
@@ -224,13 +230,15 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
             xb = xtr[idx].to(device, non_blocking=True).float().div_(255)  # (b, 1, 28, 28)
             yb = ytr[idx].to(device, non_blocking=True)
             if cfg.augment:
-                xb = random_affine(xb, cfg.augment, gen)
+                xb = random_affine(xb, cfg.augment, gen, cfg.elastic)
             xb = xb.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_at(step, total, cfg)
             with amp:
                 logits = ddp_model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                if teacher is not None:
+                    loss = teacher.loss(logits.float(), xb, loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

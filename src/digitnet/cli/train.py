@@ -35,6 +35,9 @@ def train_cmd(
     val_size: Annotated[int, typer.Option("--val-size", help="Validation images held out of train.")] = 5000,
     augment: Annotated[float | None, typer.Option(help="Affine augmentation strength (0 = off).")] = None,
     early_stopping: Annotated[int, typer.Option("--early-stopping", help="Patience in epochs (0 = off).")] = 0,
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Distil from this run, model.pt or 'default' "
+                                                                  "(soft targets on the same augmented batches).")] = None,
+    distill: Annotated[float | None, typer.Option("--distill", help="Weight of the teacher's soft targets (0-1).")] = None,
     threads: Annotated[int, typer.Option(help="Torch threads per process (0 = torch default).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "cpu",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-sSEED-TIME).")] = None,
@@ -50,7 +53,8 @@ def train_cmd(
     if resume and out is None:
         raise ConfigError("--resume needs --out RUN (the folder of the interrupted run)")
     cfg = TrainConfig.for_model(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_size=val_size,
-                                augment=augment, early_stopping=early_stopping, threads=threads, device=device)
+                                augment=augment, early_stopping=early_stopping, threads=threads, device=device,
+                                teacher=teacher, distill=distill)
     data = _load(dataset, data_dir, offline, no_verify)
     metrics = train(cfg, data, out, resume=resume, quiet=quiet, log_json=log_json)
     if metrics and not (quiet or log_json):
