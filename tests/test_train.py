@@ -73,6 +73,25 @@ def test_unknown_model_and_option_are_clear_errors():
         TrainConfig.for_model("cnn", learning_rate=1)
 
 
+@pytest.mark.parametrize("name", ["seed-mlp", "mlp", "cnn", "best", "compact"])
+def test_every_registry_recipe_trains_and_folds(name, toy):
+    """Each recipe as registered (network, precision, optimizer) takes real steps, and the folded
+    inference form used by predict and the ONNX export computes the same function."""
+    from digitnet.models import as_batch, build_model, fold_for_inference
+
+    cfg = TrainConfig.for_model(name, epochs=1, batch_size=64, val_size=0, threads=1)
+    torch.manual_seed(cfg.seed)
+    untrained = build_model(name)
+    model = fit(cfg, toy.x_train[:256], toy.y_train[:256]).model
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), untrained.state_dict().values(), strict=True)]
+    assert any(changed), f"{name}: one epoch left every weight at its initial value"
+    x = as_batch(toy.x_test[:32])
+    with torch.no_grad():
+        out, folded = model(x), fold_for_inference(model)(x)
+    assert out.shape == (32, 10) and torch.isfinite(out).all()
+    torch.testing.assert_close(folded, out, atol=1e-3, rtol=1e-3)
+
+
 def test_stratified_split_keeps_class_proportions():
     y = np.repeat(np.arange(10), [50, 60, 70, 80, 90, 100, 110, 120, 130, 190])
     tr, va = stratified_split(y, 100)

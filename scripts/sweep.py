@@ -1,0 +1,114 @@
+"""Recipe exploration: many (variant, seed) `fit` runs side by side, e.g. on a borrowed GPU.
+
+    DIGITNET_DATA=../shared/mnist PYTHONPATH=src python scripts/sweep.py --device cuda --workers 14 \\
+        --out sweep-out [--jobs c4-e60:3,c4-e40:0 …]
+
+Each run trains a registry recipe with the overrides below on the 55,000-image split (the same
+5,000 held out as `digitnet train`), keeps its best-on-validation weights and scores the test set.
+`OUT/results.json` (one row per run) and `OUT/probs.npz` (float16 test probabilities, for
+ensembles) are rewritten after every finished run, so a killed sweep keeps what finished.
+This chooses recipes only: the figures in BENCHMARKS.md come from `digitnet train` on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+
+C4 = dict(stem=32, blocks=[(32, False), (64, True), (128, True), (128, False)])  # `best` since session 3
+VARIANTS: dict[str, tuple[str, dict]] = {  # name: (registry model, TrainConfig overrides)
+    "compact-e20": ("compact", dict(epochs=20)),
+    "compact-e60": ("compact", dict(epochs=60)),
+    "compact-e100": ("compact", dict(epochs=100)),
+    "compact-e60-aug07": ("compact", dict(epochs=60, augment=0.7)),
+    "compact-e60-aug13": ("compact", dict(epochs=60, augment=1.3)),
+    "compact-e60-el15": ("compact", dict(epochs=60, elastic=1.5)),
+    "compact-e60-bs256": ("compact", dict(epochs=60, batch_size=256, lr=0.2)),
+    "compact-e60-ls0": ("compact", dict(epochs=60, label_smoothing=0.0)),
+    "compact-e60-wd1e3": ("compact", dict(epochs=60, weight_decay=1e-3)),
+    "compact-e60-cos": ("compact", dict(epochs=60, schedule="cosine", warmup=0.05)),
+    "old-best-e40": ("compact", dict(epochs=40, model_kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)]))),
+    "old-best-e50": ("compact", dict(epochs=50, model_kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)]))),
+    "wide-e40": ("compact", dict(epochs=40, model_kwargs=dict(stem=48, blocks=[(64, True), (128, True), (256, False)]))),
+    "c4-e40": ("compact", dict(epochs=40, model_kwargs=C4)),
+    "c4-e50": ("compact", dict(epochs=50, model_kwargs=C4)),
+    "c4-e60": ("compact", dict(epochs=60, model_kwargs=C4)),
+    "c4-e40-fp32": ("compact", dict(epochs=40, model_kwargs=C4, bf16=False)),
+}
+
+
+def run_one(job: tuple[str, int], device: str, epochs: int | None) -> tuple[dict, np.ndarray]:
+    import torch
+
+    from digitnet.data import load_dataset
+    from digitnet.models import batched_logits
+    from digitnet.train import TrainConfig, fit, stratified_split
+
+    torch.set_num_threads(1)  # many runs share the machine's cores
+    torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 (bf16 is the recipe's autocast switch)
+    name, seed = job
+    model, overrides = VARIANTS[name]
+    data = load_dataset("mnist", os.environ.get("DIGITNET_DATA") or None)
+    cfg = TrainConfig.for_model(model, seed=seed, device=device, **{**overrides, "epochs": epochs or overrides["epochs"]})
+    tr, va = stratified_split(np.asarray(data.y_train), cfg.val_size)
+    t0 = time.time()
+    res = fit(cfg, data.x_train[tr], data.y_train[tr], data.x_train[va], data.y_train[va])
+    probs = torch.softmax(batched_logits(res.model, data.x_test), 1).numpy()  # (10000, 10)
+    wrong = probs.argmax(1) != np.asarray(data.y_test)
+    row = dict(name=name, seed=seed, test=float(1 - wrong.mean()), errors=int(wrong.sum()), val=res.val_accuracy,
+               best_epoch=res.best_epoch, epochs=len(res.history), wall=round(time.time() - t0, 1))
+    return row, probs.astype(np.float16)
+
+
+def write_atomic(out: str, results: list[dict], probs: dict[str, np.ndarray]) -> None:
+    with open(f"{out}/results.json.tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(f"{out}/results.json.tmp", f"{out}/results.json")
+    np.savez(f"{out}/probs.tmp.npz", **probs)
+    os.replace(f"{out}/probs.tmp.npz", f"{out}/probs.npz")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--jobs", default="", help="NAME:SEED,… (default: every variant, seeds 0-2)")
+    ap.add_argument("--out", default=os.environ.get("OUT", "sweep-out"))
+    ap.add_argument("--epochs", type=int, default=None, help="override every variant's epochs (smoke tests)")
+    ap.add_argument("--seconds", type=float, default=1e9, help="start no new run after this many seconds")
+    args = ap.parse_args()
+    jobs = ([(j.split(":")[0], int(j.split(":")[1])) for j in args.jobs.split(",")] if args.jobs
+            else [(n, s) for n in VARIANTS for s in range(3)])
+    unknown = {n for n, _ in jobs} - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
+    os.makedirs(args.out, exist_ok=True)
+    deadline, results, probs = time.time() + args.seconds, [], {}
+    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        running = []
+        while jobs or running:
+            while jobs and len(running) < args.workers and time.time() < deadline:
+                job = jobs.pop(0)
+                running.append((job, pool.apply_async(run_one, (job, args.device, args.epochs))))
+            if time.time() >= deadline:
+                jobs = []
+            for job, handle in [r for r in running if r[1].ready()]:
+                running.remove((job, handle))
+                try:
+                    row, p = handle.get()
+                    probs[f"{job[0]}__{job[1]}"] = p
+                except Exception as e:  # one failed run should not lose the others
+                    row = dict(name=job[0], seed=job[1], error=repr(e)[:300])
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                write_atomic(args.out, results, probs)
+            time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
