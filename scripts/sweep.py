@@ -65,12 +65,12 @@ def run_one(job: tuple[str, int], device: str, epochs: int | None) -> tuple[dict
     return row, probs.astype(np.float16)
 
 
-def write_atomic(out: str, results: list[dict], probs: dict[str, np.ndarray]) -> None:
-    with open(f"{out}/results.json.tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(f"{out}/results.json.tmp", f"{out}/results.json")
-    np.savez(f"{out}/probs.tmp.npz", **probs)
-    os.replace(f"{out}/probs.tmp.npz", f"{out}/probs.npz")
+def write_results(out: str, results: list[dict], probs: dict[str, np.ndarray]) -> None:
+    from digitnet.utils import atomic_open, atomic_write_json
+
+    atomic_write_json(f"{out}/results.json", results)
+    with atomic_open(f"{out}/probs.npz") as f:
+        np.savez(f, **probs)
 
 
 def main() -> None:
@@ -106,7 +106,7 @@ def main() -> None:
                     row = dict(name=job[0], seed=job[1], error=repr(e)[:300])
                 results.append(row)
                 print(json.dumps(row), flush=True)
-                write_atomic(args.out, results, probs)
+                write_results(args.out, results, probs)
             time.sleep(1)
 
 
