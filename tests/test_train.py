@@ -92,6 +92,49 @@ def test_every_registry_recipe_trains_and_folds(name, toy):
     torch.testing.assert_close(folded, out, atol=1e-3, rtol=1e-3)
 
 
+def test_auto_precision_probes_once_per_machine_and_network(tmp_path, monkeypatch):
+    """"auto" takes bf16 only when the probe finds it clearly faster, and remembers the answer."""
+    from digitnet import recipe
+    from digitnet.models import build_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    probes = []
+
+    def fake_probe(model, batch_size, bf16, steps=5):
+        probes.append(bf16)
+        return {False: 1.0, True: speed_bf16}[bf16]
+
+    monkeypatch.setattr(recipe, "_step_seconds", fake_probe)
+    model, cpu = build_model("cnn"), torch.device("cpu")
+    assert recipe.resolve_bf16(True, model, cpu, 64) is True and recipe.resolve_bf16(False, model, cpu, 64) is False
+    assert probes == [] and recipe.resolve_bf16("auto", model, torch.device("cuda"), 64) is True
+    speed_bf16 = 0.5  # twice as fast: bf16
+    assert recipe.resolve_bf16("auto", model, cpu, 64, "net-a") is True and len(probes) == 2
+    speed_bf16 = 0.95  # within the margin: fp32
+    assert recipe.resolve_bf16("auto", model, cpu, 64, "net-b") is False and len(probes) == 4
+    assert recipe.resolve_bf16("auto", model, cpu, 64, "net-a") is True and len(probes) == 4  # cached
+    cache = json.loads((tmp_path / "digitnet" / "precision.json").read_text())
+    assert sorted(cache.values()) == [False, True]
+    with pytest.raises(ConfigError, match="bf16"):
+        TrainConfig.for_model("cnn", bf16="yes")
+
+
+def test_auto_precision_probe_leaves_the_run_untouched(toy, tmp_path, monkeypatch):
+    """The real probe times a copy and keeps the random streams: a run under "auto" equals the run
+    in the precision it chose (the MLP's dropout draws from the global generator after the probe)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def cfg(bf16):
+        return TrainConfig.for_model("mlp", epochs=1, batch_size=64, val_size=0, threads=1, bf16=bf16,
+                                     model_kwargs={"hidden": 32})
+
+    auto = fit(cfg("auto"), toy.x_train, toy.y_train)
+    assert (tmp_path / "digitnet" / "precision.json").exists()
+    fixed = fit(cfg(auto.bf16), toy.x_train, toy.y_train)
+    for a, b in zip(auto.model.state_dict().values(), fixed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_stratified_split_keeps_class_proportions():
     y = np.repeat(np.arange(10), [50, 60, 70, 80, 90, 100, 110, 120, 130, 190])
     tr, va = stratified_split(y, 100)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from digitnet.errors import ConfigError
+from digitnet.utils import cpu_name
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def environment(threads: int | None) -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                            "threads_requested": threads}
     try:
         import onnxruntime
@@ -101,16 +102,6 @@ def environment(threads: int | None) -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         env["load_average_1m"] = round(os.getloadavg()[0], 2)
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        return platform.processor() or platform.machine()  # no /proc: not Linux
-    return platform.processor() or platform.machine()
 
 
 def run_predict_bench(cfg: PredictBenchConfig) -> dict[str, Any]:

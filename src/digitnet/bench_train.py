@@ -63,6 +63,7 @@ def bench_train(model: str, data: Any, *, seeds: int = 3, epochs: int | None = N
     import torch
 
     from digitnet.train import TrainConfig
+    from digitnet.utils import cpu_name
 
     arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
     runs = []
@@ -75,5 +76,5 @@ def bench_train(model: str, data: Any, *, seeds: int = 3, epochs: int | None = N
     cfg = TrainConfig.for_model(model, epochs=epochs, bf16=bf16)
     return {"model": model, "config": cfg.to_dict(), "seeds": seeds, "runs": runs, "mean": mean, "std": std,
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "processor": platform.processor() or platform.machine(),
+                            "processor": cpu_name(),
                             "threads": threads or torch.get_num_threads(), "dataset": getattr(data, "source", "")}}

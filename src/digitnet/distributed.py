@@ -54,6 +54,18 @@ def wrap(model: Any, device: Any) -> Any:
     return DistributedDataParallel(model)
 
 
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank (a decision one rank made for all); `flag` when not distributed."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

@@ -194,7 +194,7 @@ MODELS: dict[str, ModelSpec] = {
         "cnn", CNN, "stride-2 stem + 2 conv blocks, EMA, light augmentation: the default, 99 %+ in seconds",
         kwargs=dict(stem=32, blocks=[(32, True), (64, True)]),
         recipe=dict(epochs=8, batch_size=512, lr=0.4, optimizer="sgd", schedule="onecycle", warmup=0.15,
-                    label_smoothing=0.1, weight_decay=5e-4, augment=0.8, bf16=True, ema=0.99),
+                    label_smoothing=0.1, weight_decay=5e-4, augment=0.8, bf16="auto", ema=0.99),
     ),
     "best": ModelSpec(
         "best", CNN, "4-block CNN, 40 epochs of augmentation, EMA: the most accurate single model",

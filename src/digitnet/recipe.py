@@ -1,9 +1,14 @@
 """The pieces of a training recipe that the loop in `train.py` composes: batch augmentation,
-the learning-rate schedule, the optimizer, and the weight EMA."""
+the learning-rate schedule, the optimizer, the weight EMA, distillation, and the choice of precision."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
 import math
+import statistics
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -115,3 +120,61 @@ class Teacher:
             target = F.log_softmax(self.model(x).float() / DISTILL_T, 1)  # (B, 10)
         soft = F.kl_div(F.log_softmax(student_logits / DISTILL_T, 1), target, log_target=True, reduction="batchmean")
         return (1 - self.weight) * hard_loss + self.weight * DISTILL_T**2 * soft
+
+
+BF16_MIN_SPEEDUP = 1.15  # "auto" takes bf16 only when a step is at least this much faster
+
+
+def resolve_bf16(setting: bool | str, model: nn.Module, device: torch.device, batch_size: int,
+                 network: str = "") -> bool:
+    """Whether a run trains under bf16 autocast. True/False are obeyed; "auto" means bf16 AMP on
+    CUDA, and on a CPU a timing probe: a few training steps of `model` in fp32 and in bf16.
+
+    Whether bf16 pays on a CPU depends on the chip and the network: `cnn` trained 2× faster in bf16
+    on a Zen 4 EPYC and 1.4× slower on a Xeon without AMX (BENCHMARKS.md). The answer is cached per
+    CPU, torch version, thread count, network and batch, so reruns on one machine train in the same
+    precision and a seed still gives the same weights.
+    """
+    if setting != "auto":
+        return bool(setting)
+    if device.type != "cpu":
+        return device.type == "cuda"
+    from digitnet.data import cache_dir
+    from digitnet.utils import atomic_write_json, cpu_name
+
+    path = cache_dir().parent / "precision.json"
+    key = (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+           f"{network or type(model).__name__} | batch {batch_size}")
+    try:
+        table = json.loads(path.read_text())
+        if isinstance(table.get(key), bool):
+            return table[key]
+    except (OSError, ValueError, AttributeError):
+        table = {}
+    with torch.random.fork_rng(devices=[]):  # the copy's dropout must not move the run's random stream
+        fp32, bf16 = (_step_seconds(model, batch_size, bf16=b) for b in (False, True))
+    table[key] = bf16 * BF16_MIN_SPEEDUP <= fp32
+    with contextlib.suppress(OSError):  # a read-only cache only costs the probe next time
+        atomic_write_json(path, table)
+    return table[key]
+
+
+def _step_seconds(model: nn.Module, batch_size: int, bf16: bool, steps: int = 5) -> float:
+    """Median seconds of a forward/backward/SGD step on random data, on a copy of `model` (the
+    run's weights and random streams are left untouched)."""
+    m = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 1, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    times = []
+    for i in range(steps + 2):  # two warm-up steps: oneDNN picks and caches its kernels
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(m(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)

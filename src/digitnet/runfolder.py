@@ -56,7 +56,9 @@ def versions() -> dict[str, str]:
 def machine() -> dict[str, Any]:
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    from digitnet.utils import cpu_name
+
+    return {"platform": platform.platform(), "processor": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "hostname": platform.node(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

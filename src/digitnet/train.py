@@ -1,8 +1,9 @@
 """The training loop: plain code, read top to bottom.
 
 The whole dataset lives in memory as one uint8 tensor; batches are index slices of a per-epoch
-permutation (no DataLoader); augmentation is one `affine_grid`/`grid_sample` call per batch. On CPU
-the forward/backward run under bf16 autocast with channels_last (AMX). Under `torchrun` the same
+permutation (no DataLoader); augmentation is one `affine_grid`/`grid_sample` call per batch. The
+forward/backward run channels_last, under bf16 autocast when the recipe says so (or, for "auto", where
+a timing probe finds it faster on this CPU: `recipe.resolve_bf16`). Under `torchrun` the same
 loop runs as DistributedDataParallel, each rank taking its shard of every global batch.
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from digitnet.errors import ConfigError
 from digitnet.models import as_batch, build_model, get_spec
-from digitnet.recipe import EMA, Teacher, lr_at, make_optimizer, random_affine
+from digitnet.recipe import EMA, Teacher, lr_at, make_optimizer, random_affine, resolve_bf16
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -44,7 +45,7 @@ class TrainConfig:
     augment: float = 0.0  # strength of random affine augmentation, 0 = off, 1 = the default ranges
     elastic: float = 0.0  # elastic distortion on top of the affine, in px (needs augment > 0), 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, 0 = off
-    bf16: bool = True  # bf16 autocast (CPU: AMX; CUDA: bf16 AMP)
+    bf16: bool | str = True  # bf16 autocast; "auto": bf16 AMP on CUDA, on a CPU only where it is faster
     seed: int = 0
     val_size: int = 5000  # held out from the training set, stratified; 0 = none
     early_stopping: int = 0  # stop after this many epochs without a better val accuracy, 0 = off
@@ -73,6 +74,7 @@ class TrainConfig:
             (self.early_stopping >= 0, "early_stopping must be >= 0"),
             (self.threads >= 0, "threads must be >= 0"),
             (self.device in ("cpu", "cuda", "mps", "auto"), "device must be cpu, cuda, mps or auto"),
+            (self.bf16 in (True, False, "auto"), "bf16 must be true, false or 'auto'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -105,6 +107,7 @@ class FitResult:
     train_seconds: float  # the training loop only: evaluation and checkpointing excluded
     best_epoch: int
     val_accuracy: float | None
+    bf16: bool = False  # the precision it trained in (a recipe's "auto" resolved)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,7 +218,9 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
         best_state, train_seconds = resume_state["best_state"], resume_state["train_seconds"]
         start_epoch = resume_state["epoch"]
     ddp_model = dist.wrap(model, device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type in ("cpu", "cuda"))
+    network = f"{cfg.model} {sorted({**get_spec(cfg.model).kwargs, **cfg.model_kwargs}.items())}"
+    use_bf16 = dist.broadcast_flag(resolve_bf16(cfg.bf16, model, device, local_bs, network) if rank == 0 else False)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and device.type in ("cpu", "cuda"))
     eval_model = ema.module if ema is not None else model
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -286,7 +291,7 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
         final.load_state_dict(best_state)
     final = final.float().cpu().eval()
     torch.set_num_threads(prev_threads)  # `threads` is for this run, not the rest of the process
-    return FitResult(final, history, train_seconds, best_epoch, best_acc if has_val else None)
+    return FitResult(final, history, train_seconds, best_epoch, best_acc if has_val else None, use_bf16)
 
 
 def calibrate(model: nn.Module, x_val: np.ndarray, y_val: np.ndarray) -> tuple[float, float]:
@@ -351,7 +356,8 @@ def train(cfg: TrainConfig, data: Any, out: str | Path | None = None, *, resume:
             "test_accuracy": float((test_pred == np.asarray(data.y_test)).mean()),
             "test_errors": int((test_pred != np.asarray(data.y_test)).sum()),
             "val_accuracy": result.val_accuracy, "train_seconds": round(result.train_seconds, 3),
-            "parameters": count_parameters(result.model), "temperature": temperature,
+            "parameters": count_parameters(result.model), "precision": "bf16" if result.bf16 else "fp32",
+            "temperature": temperature,
             "unsure_threshold": threshold, "dataset": getattr(data, "name", "unknown"),
             "world_size": dist.world_size(), "finished": runfolder.now_iso(),
         }

@@ -1,10 +1,11 @@
-"""Small helpers shared by every module: atomic writes."""
+"""Small helpers shared by every module: atomic writes, the CPU's name."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import platform
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,3 +50,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def cpu_name() -> str:
+    """The processor's marketing name ("Intel(R) Xeon(R) …"), for reports and per-machine caches."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # no /proc: not Linux
+    return platform.processor() or platform.machine()
