@@ -219,7 +219,10 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
         start_epoch = resume_state["epoch"]
     ddp_model = dist.wrap(model, device)
     network = f"{cfg.model} {sorted({**get_spec(cfg.model).kwargs, **cfg.model_kwargs}.items())}"
-    use_bf16 = dist.broadcast_flag(resolve_bf16(cfg.bf16, model, device, local_bs, network) if rank == 0 else False)
+    if resume_state is not None and "bf16" in resume_state:
+        use_bf16 = bool(resume_state["bf16"])  # an interrupted run continues in the precision it began in
+    else:
+        use_bf16 = dist.broadcast_flag(resolve_bf16(cfg.bf16, model, device, local_bs, network) if rank == 0 else False)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and device.type in ("cpu", "cuda"))
     eval_model = ema.module if ema is not None else model
 
@@ -282,7 +285,8 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
             checkpoint_fn({"model": model.state_dict(), "optimizer": opt.state_dict(),
                            "ema": ema.state_dict() if ema is not None else {}, "generator": gen.get_state(),
                            "history": history, "best_acc": best_acc, "best_epoch": best_epoch,
-                           "best_state": best_state, "train_seconds": train_seconds, "epoch": epoch + 1})
+                           "best_state": best_state, "train_seconds": train_seconds, "epoch": epoch + 1,
+                           "bf16": use_bf16})
         if cfg.early_stopping and has_val and epoch + 1 - best_epoch >= cfg.early_stopping:
             break
 

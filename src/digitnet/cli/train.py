@@ -40,6 +40,8 @@ def train_cmd(
     distill: Annotated[float | None, typer.Option("--distill", help="Weight of the teacher's soft targets (0-1).")] = None,
     threads: Annotated[int, typer.Option(help="Torch threads per process (0 = torch default).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "cpu",
+    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast or fp32 (default: the recipe's; "
+                                                                    "'auto' for cnn: whichever is faster here).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-sSEED-TIME).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -54,7 +56,7 @@ def train_cmd(
         raise ConfigError("--resume needs --out RUN (the folder of the interrupted run)")
     cfg = TrainConfig.for_model(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_size=val_size,
                                 augment=augment, early_stopping=early_stopping, threads=threads, device=device,
-                                teacher=teacher, distill=distill)
+                                teacher=teacher, distill=distill, bf16=bf16)
     data = _load(dataset, data_dir, offline, no_verify)
     metrics = train(cfg, data, out, resume=resume, quiet=quiet, log_json=log_json)
     if metrics and not (quiet or log_json):
