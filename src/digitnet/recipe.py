@@ -130,7 +130,7 @@ def resolve_bf16(setting: bool | str, model: nn.Module, device: torch.device, ba
     """Whether a run trains under bf16 autocast. True/False are obeyed; "auto" means bf16 AMP on
     CUDA, and on a CPU a timing probe: a few training steps of `model` in fp32 and in bf16.
 
-    Whether bf16 pays on a CPU depends on the chip and the network: `cnn` trained 2× faster in bf16
+    Whether bf16 pays on a CPU depends on the chip and the network: `cnn` trained 1.6× faster in bf16
     on a Zen 4 EPYC and 1.4× slower on a Xeon without AMX (BENCHMARKS.md). The answer is cached per
     CPU, torch version, thread count, network and batch, so reruns on one machine train in the same
     precision and a seed still gives the same weights.
