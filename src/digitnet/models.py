@@ -188,7 +188,7 @@ MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(
         "mlp", MLP, "784-1024-1024-10 MLP with BN and dropout",
         recipe=dict(epochs=8, batch_size=256, lr=0.2, optimizer="sgd", schedule="onecycle",
-                    label_smoothing=0.1, weight_decay=5e-4, augment=0.0, bf16=True, ema=0.0),
+                    label_smoothing=0.1, weight_decay=5e-4, augment=0.0, bf16="auto", ema=0.0),
     ),
     "cnn": ModelSpec(
         "cnn", CNN, "stride-2 stem + 2 conv blocks, EMA, light augmentation: the default, 99 %+ in seconds",
