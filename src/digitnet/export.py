@@ -2,7 +2,8 @@
 
 Input `x` float32 (B, 1, 28, 28) in [0, 1] (dynamic batch), output `logits` (B, 10); the MNIST
 normalisation is inside the graph. Calibration travels as ONNX `metadata_props`
-(`digitnet.temperature`, `digitnet.unsure_threshold`, `digitnet.model`, `digitnet.version`), so
+(`digitnet.temperature`, `digitnet.unsure_threshold`, `digitnet.model`, `digitnet.version`,
+`digitnet.views`: the test-time augmentation copies of each image the graph runs), so
 the ONNX backend of `Predictor` needs nothing but the .onnx file.
 """
 
@@ -30,7 +31,7 @@ def onnx_bytes(loaded: Any, *, opset: int = OPSET) -> bytes:
     import torch
 
     from digitnet.inference import _checkpoint_version
-    from digitnet.models import fold_for_inference
+    from digitnet.models import fold_for_inference, views_per_image
 
     model = fold_for_inference(loaded.model.float().eval())  # BN folded: ORT fuses Conv+ReLU
     example = torch.zeros(2, 1, 28, 28)
@@ -52,7 +53,8 @@ def onnx_bytes(loaded: Any, *, opset: int = OPSET) -> bytes:
     meta = {"digitnet.format": FORMAT, "digitnet.model": loaded.name,
             "digitnet.temperature": repr(float(loaded.temperature)),
             "digitnet.unsure_threshold": repr(float(loaded.unsure_threshold)),
-            "digitnet.version": _checkpoint_version(loaded)}
+            "digitnet.version": _checkpoint_version(loaded),
+            "digitnet.views": str(views_per_image(loaded.model))}  # test-time augmentation copies per image
     if getattr(loaded, "path", None):  # lets `Predictor.load(backend="auto")` spot a stale export
         meta["digitnet.checkpoint_sha256"] = file_sha256(loaded.path)
     del proto.metadata_props[:]
@@ -72,7 +74,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
-    """digitnet's metadata from serialized ONNX: model, version, temperature, unsure_threshold."""
+    """digitnet's metadata from serialized ONNX: model, version, temperature, unsure_threshold, views."""
     import onnx
 
     try:
@@ -86,6 +88,7 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
         return {"model": props["digitnet.model"], "version": props.get("digitnet.version", "unknown"),
                 "temperature": float(props["digitnet.temperature"]),
                 "unsure_threshold": float(props["digitnet.unsure_threshold"]),
+                "views": int(props.get("digitnet.views", "1")),
                 "checkpoint_sha256": props.get("digitnet.checkpoint_sha256")}
     except (KeyError, ValueError):
         raise ModelError(f"{source}: digitnet ONNX metadata is incomplete; re-export it") from None

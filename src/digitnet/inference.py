@@ -123,8 +123,9 @@ class Predictor:
     """Calibrated digit predictions from a run folder, a model file, or the bundled "default"."""
 
     def __init__(self, *, run_logits: Any, name: str, version: str, temperature: float, unsure_threshold: float,
-                 backend: str, source: str = "") -> None:
+                 backend: str, source: str = "", views: int = 1) -> None:
         self._run_logits = run_logits  # float32 (N, 1, 28, 28) ndarray -> logits (N, 10) ndarray
+        self._chunk = max(1, CHUNK // max(1, int(views)))  # a TTA model runs `views` copies of each image
         self.name, self.version, self.backend, self.source = name, version, backend, source
         self.temperature, self.unsure_threshold = float(temperature), float(unsure_threshold)
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -153,6 +154,7 @@ class Predictor:
         import torch
 
         from digitnet.checkpoint import load_checkpoint
+        from digitnet.models import views_per_image
 
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
@@ -166,7 +168,7 @@ class Predictor:
 
         return cls(run_logits=run_logits, name=loaded.name, version=_checkpoint_version(loaded),
                    temperature=loaded.temperature, unsure_threshold=loaded.unsure_threshold, backend="torch",
-                   source=str(loaded.path))
+                   source=str(loaded.path), views=views_per_image(loaded.model))
 
     @classmethod
     def _load_onnx(cls, model: str | Path, onnx_file: Path | None, threads: int | None) -> Predictor:
@@ -199,7 +201,7 @@ class Predictor:
 
         return cls(run_logits=run_logits, name=meta["model"], version=meta["version"],
                    temperature=meta["temperature"], unsure_threshold=meta["unsure_threshold"], backend="onnx",
-                   source=source)
+                   source=source, views=meta["views"])
 
     # -- arrays ------------------------------------------------------------------------------
     def logits(self, x: Any) -> np.ndarray:
@@ -210,9 +212,10 @@ class Predictor:
 
     def _logits_checked(self, xb: np.ndarray) -> np.ndarray:
         """Logits for float32 (N, 1, 28, 28) in [0, 1] that `as_batch_array` already validated."""
-        if len(xb) <= CHUNK:
+        step = self._chunk
+        if len(xb) <= step:
             return np.asarray(self._run_logits(xb), dtype=np.float32)
-        return np.concatenate([self._run_logits(xb[i : i + CHUNK]) for i in range(0, len(xb), CHUNK)])
+        return np.concatenate([self._run_logits(xb[i : i + step]) for i in range(0, len(xb), step)])
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """Calibrated probabilities (N, 10) float32 = softmax(logits / temperature)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from digitnet.errors import ConfigError
-from digitnet.models import as_batch, build_model, get_spec
+from digitnet.models import as_batch, build_model, get_spec, network_kwargs, single_view
 from digitnet.recipe import EMA, Teacher, lr_at, make_optimizer, random_affine, resolve_bf16
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -218,7 +218,7 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
         best_state, train_seconds = resume_state["best_state"], resume_state["train_seconds"]
         start_epoch = resume_state["epoch"]
     ddp_model = dist.wrap(model, device)
-    network = f"{cfg.model} {sorted({**get_spec(cfg.model).kwargs, **cfg.model_kwargs}.items())}"
+    network = f"{cfg.model} {sorted(network_kwargs(cfg.model, cfg.model_kwargs).items())}"
     if resume_state is not None and "bf16" in resume_state:
         use_bf16 = bool(resume_state["bf16"])  # an interrupted run continues in the precision it began in
     else:
@@ -273,7 +273,8 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
                "lr": opt.param_groups[0]["lr"], "seconds": epoch_seconds,
                "images_per_s": seen * world / max(epoch_seconds, 1e-9)}
         if has_val:
-            row["val_accuracy"], row["val_loss"] = accuracy_and_loss(eval_model, xva, yva, device)
+            with single_view(eval_model):  # test-time augmentation would make this 9× dearer
+                row["val_accuracy"], row["val_loss"] = accuracy_and_loss(eval_model, xva, yva, device)
         history.append(row)
         score = row.get("val_accuracy", epoch)  # without validation the last epoch is the best
         if score >= best_acc:  # ties go to the later, longer-annealed weights
@@ -365,7 +366,8 @@ def train(cfg: TrainConfig, data: Any, out: str | Path | None = None, *, resume:
             "unsure_threshold": threshold, "dataset": getattr(data, "name", "unknown"),
             "world_size": dist.world_size(), "finished": runfolder.now_iso(),
         }
-        save_checkpoint(out / "model.pt", result.model, model_name=cfg.model, model_kwargs=cfg.model_kwargs,
+        save_checkpoint(out / "model.pt", result.model, model_name=cfg.model,
+                        model_kwargs=network_kwargs(cfg.model, cfg.model_kwargs),
                         config=cfg.to_dict(), temperature=temperature, unsure_threshold=threshold,
                         meta={"test_accuracy": metrics["test_accuracy"], "val_accuracy": result.val_accuracy,
                               "train_seconds": metrics["train_seconds"],
