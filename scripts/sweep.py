@@ -4,7 +4,10 @@
         --out sweep-out [--jobs c4-e60:3,c4-e40:0 …]
 
 Each run trains a registry recipe with the overrides below on the 55,000-image split (the same
-5,000 held out as `digitnet train`), keeps its best-on-validation weights and scores the test set.
+5,000 held out as `digitnet train`), keeps its best-on-validation weights and scores the
+validation and test sets three ways: one view (`val`, `test`), the mean over the unshifted image
+and its four one-pixel shifts (`*_plus5`), and over all nine shifts within a pixel (`*_tta9`, what
+`best` predicts with since session 4).
 `OUT/results.json` (one row per run) and `OUT/probs.npz` (float16 test probabilities, for
 ensembles) are rewritten after every finished run, so a killed sweep keeps what finished.
 This chooses recipes only: the figures in BENCHMARKS.md come from `digitnet train` on the CPU.

@@ -172,6 +172,22 @@ def test_train_writes_a_complete_run_folder(toy, tmp_path):
         train(tiny(), toy, out, quiet=True)
 
 
+def test_checkpoint_keeps_the_registry_network_it_was_trained_with(toy, tmp_path, monkeypatch):
+    """The registry's network arguments are saved with the weights, so changing the registry
+    later (say, `best`'s blocks) leaves an already trained run loadable and unchanged."""
+    from digitnet.models import MODELS
+
+    out = tmp_path / "run"
+    train(tiny(epochs=1, model_kwargs={"stem": 8}), toy, out, quiet=True)  # blocks from the registry
+    before = load_checkpoint(out)
+    monkeypatch.setitem(MODELS["cnn"].kwargs, "blocks", [(16, True)])
+    after = load_checkpoint(out)
+    assert after.model_kwargs == {"stem": 8, "blocks": [[32, True], [64, True]]} == before.model_kwargs
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(after.model(x), before.model(x))
+
+
 def test_elastic_distortion_is_seeded_and_moves_ink():
     from digitnet.recipe import random_affine
 

@@ -210,6 +210,7 @@ class DigitClassifier:
     def save(self, path: str | Path) -> Path:
         """Write a run folder (model.pt, metrics.json, history.csv) that the CLI can evaluate; return it."""
         from digitnet.checkpoint import save_checkpoint
+        from digitnet.models import network_kwargs
         from digitnet.runfolder import now_iso, write_history
         from digitnet.utils import atomic_write_json
 
@@ -223,7 +224,8 @@ class DigitClassifier:
                    "train_seconds": round(self.train_seconds_, 3), "temperature": self.temperature_,
                    "unsure_threshold": self.unsure_threshold_, "finished": finished, "source": "DigitClassifier"}
         save_checkpoint(out / "model.pt", self.model_, model_name=self.config_["model"],
-                        model_kwargs=self.config_.get("model_kwargs", {}), config=self.config_,
+                        model_kwargs=network_kwargs(self.config_["model"], self.config_.get("model_kwargs")),
+                        config=self.config_,
                         temperature=self.temperature_, unsure_threshold=self.unsure_threshold_,
                         meta={"val_accuracy": self.val_accuracy_, "finished": finished, "source": "DigitClassifier"})
         write_history(out / "history.csv", self.history_)
