@@ -31,9 +31,10 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[s
     if (out / "model.pt").exists():
         raise ConfigError(f"{out} already holds a run: choose another --out")
     started = runfolder.now_iso()
-    pred = batched_logits(model, data.x_test).argmax(1).numpy()
     y = np.asarray(data.y_test)
-    member_acc = [float((batched_logits(m.model, data.x_test).argmax(1).numpy() == y).mean()) for m in loaded]
+    member_logits = [batched_logits(m.model, data.x_test) for m in loaded]  # each member once: (N, 10)
+    member_acc = [float((lg.argmax(1).numpy() == y).mean()) for lg in member_logits]
+    pred = model.combine(member_logits).argmax(1).numpy()
     metrics = {
         "model": "ensemble", "members": [str(r) for r in runs], "member_test_accuracy": member_acc,
         "test_accuracy": float((pred == y).mean()), "test_errors": int((pred != y).sum()),

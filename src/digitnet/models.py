@@ -209,7 +209,11 @@ class Ensemble(nn.Module):
         self.register_buffer("temperatures", torch.tensor([float(m.get("temperature", 1.0)) for m in members]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(m(x).float() / self.temperatures[i], 1) for i, m in enumerate(self.members)])
+        return self.combine([m(x) for m in self.members])
+
+    def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
+        """The ensemble's output from its members' logits [(B, 10), …], in member order."""
+        probs = torch.stack([torch.softmax(lg.float() / self.temperatures[i], 1) for i, lg in enumerate(member_logits)])
         return probs.mean(0).clamp_min(1e-12).log()  # (B, 10)
 
 

@@ -1,0 +1,74 @@
+"""`digitnet ensemble`: the averaged model, its scores, and its run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from digitnet.checkpoint import load_checkpoint, save_checkpoint
+from digitnet.ensemble import build_ensemble
+from digitnet.errors import ConfigError
+from digitnet.inference import Predictor
+from digitnet.models import as_batch, build_model
+
+SMALL = {"stem": 8, "blocks": [[8, True], [16, True]]}
+
+
+@dataclass
+class Images:
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str = "toy"
+
+    def summary(self) -> dict:
+        return {"name": self.name, "test": len(self.y_test)}
+
+
+def random_run(folder, seed: int, x: np.ndarray, *, tta: int = 0, temperature: float = 1.0):
+    """A small CNN with random weights and data-driven BN statistics, saved as a run folder."""
+    torch.manual_seed(seed)
+    model = build_model("cnn", **SMALL, tta=tta).train()
+    with torch.no_grad():
+        model(as_batch(x))
+    save_checkpoint(folder / "model.pt", model.eval(), model_name="cnn", model_kwargs={**SMALL, "tta": tta},
+                    temperature=temperature)
+    return folder
+
+
+@pytest.fixture()
+def members(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (200, 28, 28)).astype(np.uint8)
+    y = rng.integers(0, 10, 200)
+    runs = [random_run(tmp_path / f"m{i}", i, x, tta=i % 2, temperature=0.5 + i) for i in range(3)]
+    return runs, Images(x, y), tmp_path
+
+
+def test_ensemble_scores_the_mean_of_calibrated_member_probabilities(members):
+    runs, data, tmp = members
+    metrics = build_ensemble(runs, tmp / "ens", data)
+    probs = [Predictor.load(r, backend="torch").predict_proba(data.x_test) for r in runs]  # calibrated, TTA inside
+    expected = np.mean(probs, 0).argmax(1)
+    assert metrics["test_accuracy"] == pytest.approx(float((expected == data.y_test).mean()))
+    assert metrics["member_test_accuracy"] == pytest.approx([float((p.argmax(1) == data.y_test).mean()) for p in probs])
+    # the saved ensemble, loaded like any model, gives the same probabilities
+    ens = Predictor.load(tmp / "ens", backend="torch").predict_proba(data.x_test)
+    assert np.abs(ens - np.mean(probs, 0)).max() < 1e-4
+    assert load_checkpoint(tmp / "ens").name == "ensemble"
+    saved = json.loads((tmp / "ens" / "metrics.json").read_text())
+    assert saved["members"] == [str(r) for r in runs] and saved["test_errors"] == round((1 - saved["test_accuracy"]) * 200)
+
+
+def test_ensemble_refuses_one_run_nesting_and_overwriting(members):
+    runs, data, tmp = members
+    with pytest.raises(ConfigError, match="at least two runs"):
+        build_ensemble(runs[:1], tmp / "one", data)
+    build_ensemble(runs[:2], tmp / "ens", data)
+    with pytest.raises(ConfigError, match="ensembles of ensembles"):
+        build_ensemble([runs[2], tmp / "ens"], tmp / "nested", data)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        build_ensemble(runs[1:], tmp / "ens", data)
