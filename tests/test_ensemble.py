@@ -13,7 +13,7 @@ from digitnet.checkpoint import load_checkpoint, save_checkpoint
 from digitnet.ensemble import build_ensemble
 from digitnet.errors import ConfigError
 from digitnet.inference import Predictor
-from digitnet.models import as_batch, build_model
+from digitnet.models import as_batch, batched_logits, build_model, single_view
 
 SMALL = {"stem": 8, "blocks": [[8, True], [16, True]]}
 
@@ -48,10 +48,19 @@ def members(tmp_path):
     return runs, Images(x, y), tmp_path
 
 
-def test_ensemble_scores_the_mean_of_calibrated_member_probabilities(members):
+def one_view_probs(run, x):
+    """A member's calibrated probabilities without test-time augmentation."""
+    loaded = load_checkpoint(run)
+    with single_view(loaded.model):
+        return torch.softmax(batched_logits(loaded.model, x) / loaded.temperature, 1).numpy()
+
+
+def test_ensemble_scores_the_mean_of_calibrated_one_view_member_probabilities(members):
     runs, data, tmp = members
     metrics = build_ensemble(runs, tmp / "ens", data)
-    probs = [Predictor.load(r, backend="torch").predict_proba(data.x_test) for r in runs]  # calibrated, TTA inside
+    probs = [one_view_probs(r, data.x_test) for r in runs]
+    with_tta = Predictor.load(runs[1], backend="torch").predict_proba(data.x_test)  # member 1 has tta=1
+    assert np.abs(with_tta - probs[1]).max() > 1e-3  # so one view really is a different function
     expected = np.mean(probs, 0).argmax(1)
     assert metrics["test_accuracy"] == pytest.approx(float((expected == data.y_test).mean()))
     assert metrics["member_test_accuracy"] == pytest.approx([float((p.argmax(1) == data.y_test).mean()) for p in probs])

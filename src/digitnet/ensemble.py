@@ -1,4 +1,5 @@
-"""`digitnet ensemble RUN…`: one run folder whose model averages the members' probabilities."""
+"""`digitnet ensemble RUN…`: one run folder whose model averages the members' probabilities
+(each member from one view: a member trained with test-time augmentation runs without it)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[s
     loaded = [load_checkpoint(r) for r in runs]
     if any(m.name == "ensemble" for m in loaded):
         raise ConfigError("ensembles of ensembles are not supported: list the member runs")
-    members = [{"model": m.name, "kwargs": m.model_kwargs, "temperature": m.temperature} for m in loaded]
+    # Members predict from one view: averaging over models already does what test-time
+    # augmentation does, at a ninth of the cost (BENCHMARKS.md: 3-run ensembles of `best` made
+    # 24.1 errors from one view and 24.2 with TTA, on average over 10 choices of 3 runs).
+    members = [{"model": m.name, "kwargs": {**m.model_kwargs, "tta": 0} if getattr(m.model, "tta", 0) else m.model_kwargs,
+                "temperature": m.temperature} for m in loaded]
     model = Ensemble(members)
     for sub, m in zip(model.members, loaded, strict=True):
         sub.load_state_dict(m.model.state_dict())
@@ -32,7 +37,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[s
         raise ConfigError(f"{out} already holds a run: choose another --out")
     started = runfolder.now_iso()
     y = np.asarray(data.y_test)
-    member_logits = [batched_logits(m.model, data.x_test) for m in loaded]  # each member once: (N, 10)
+    member_logits = [batched_logits(sub, data.x_test) for sub in model.members]  # each member once: (N, 10)
     member_acc = [float((lg.argmax(1).numpy() == y).mean()) for lg in member_logits]
     pred = model.combine(member_logits).argmax(1).numpy()
     metrics = {
