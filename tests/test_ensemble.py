@@ -81,3 +81,14 @@ def test_ensemble_refuses_one_run_nesting_and_overwriting(members):
         build_ensemble([runs[2], tmp / "ens"], tmp / "nested", data)
     with pytest.raises(ConfigError, match="already holds a run"):
         build_ensemble(runs[1:], tmp / "ens", data)
+
+
+def test_an_ensemble_survives_digitclassifier_load_and_save(members):
+    from digitnet import DigitClassifier
+
+    runs, data, tmp = members
+    build_ensemble(runs, tmp / "ens", data)
+    clf = DigitClassifier.load(tmp / "ens")
+    copy = clf.save(tmp / "copy")
+    again = DigitClassifier.load(copy)
+    assert np.array_equal(again.predict_proba(data.x_test), clf.predict_proba(data.x_test))

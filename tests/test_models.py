@@ -88,11 +88,70 @@ def test_views_per_image_counts_tta_copies_also_inside_an_ensemble():
     assert views_per_image(both) == 25
 
 
-def test_batched_logits_keeps_tta_passes_the_same_size():
+def test_tta_models_run_as_many_images_per_pass_as_one_view_models(tmp_path):
+    """batched_logits and Predictor divide their batch by the 9 views, so memory stays bounded."""
+    from digitnet.api import DigitClassifier
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.inference import CHUNK, Predictor
+
     torch.manual_seed(0)
     model = CNN(**SMALL, tta=1).eval()
+    passes: list[int] = []
+    model.features.register_forward_hook(lambda mod, inp, out: passes.append(len(inp[0])))
     x = as_batch(np.random.default_rng(0).integers(0, 255, (20, 28, 28)).astype(np.uint8))
-    torch.testing.assert_close(batched_logits(model, x, batch_size=18), batched_logits(model, x, batch_size=4096))
+    small = batched_logits(model, x, batch_size=18)  # 18 views a pass: 2 images at a time
+    assert max(passes) <= 18 and len(passes) == 10
+    torch.testing.assert_close(small, batched_logits(model, x, batch_size=4096))
+    save_checkpoint(tmp_path / "model.pt", model, model_name="cnn", model_kwargs={**SMALL, "tta": 1})
+    assert Predictor.load(tmp_path, backend="torch")._chunk == CHUNK // 9
+    assert DigitClassifier.load(tmp_path).predictor()._chunk == CHUNK // 9
+
+
+def test_checkpoints_from_before_tta_still_mean_one_view(tmp_path):
+    """A session-3 `best` checkpoint stored no kwargs; the registry's `best` now has tta=1, but the
+    old file keeps meaning what it meant when it was calibrated: one view. So do its ensembles."""
+    from digitnet.checkpoint import load_checkpoint, save_checkpoint
+    from digitnet.models import Ensemble
+
+    save_checkpoint(tmp_path / "old" / "model.pt", build_model("best", tta=0), model_name="best", model_kwargs={})
+    old = load_checkpoint(tmp_path / "old")
+    assert old.model.tta == 0 and old.model_kwargs["tta"] == 0 and old.model_kwargs["blocks"][0] == (32, False)
+    ens = Ensemble([{"model": "best", "kwargs": {}}, {"model": "best", "kwargs": {"tta": 1}}])
+    assert [m.tta for m in ens.members] == [0, 1]
+
+
+def test_distillation_teacher_predicts_from_one_view(tmp_path):
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.recipe import Teacher
+
+    torch.manual_seed(0)
+    model = CNN(**SMALL, tta=1).eval()
+    save_checkpoint(tmp_path / "model.pt", model, model_name="cnn", model_kwargs={**SMALL, "tta": 1})
+    teacher = Teacher(str(tmp_path), torch.device("cpu"), weight=1.0)
+    x = torch.rand(6, 1, 28, 28)
+    student = torch.zeros(6, 10)
+    with torch.no_grad(), single_view(model):
+        one_view = model(x)
+    expected = torch.nn.functional.kl_div(torch.log_softmax(student / 2, 1), torch.log_softmax(one_view / 2, 1),
+                                          log_target=True, reduction="batchmean") * 4
+    torch.testing.assert_close(teacher.loss(student, x, torch.tensor(0.0)), expected)
+    assert teacher.model.tta == 1  # restored after each step
+
+
+@pytest.mark.parametrize("views", ["0", "-3", "26", "1e9", "nine"])
+def test_onnx_views_metadata_is_checked(tmp_path, views):
+    import onnx
+
+    from digitnet.errors import ModelError
+    from digitnet.export import read_metadata
+
+    proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    for k, v in {"digitnet.format": "digitnet-onnx/1", "digitnet.model": "cnn", "digitnet.temperature": "1.0",
+                 "digitnet.unsure_threshold": "0.5", "digitnet.views": views}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    with pytest.raises(ModelError, match=r"digitnet\.views must be 1 to 25"):
+        read_metadata(proto.SerializeToString(), "crafted.onnx")
 
 
 def test_onnx_export_carries_tta(tmp_path):

@@ -180,9 +180,11 @@ def test_checkpoint_keeps_the_registry_network_it_was_trained_with(toy, tmp_path
     out = tmp_path / "run"
     train(tiny(epochs=1, model_kwargs={"stem": 8}), toy, out, quiet=True)  # blocks from the registry
     before = load_checkpoint(out)
-    monkeypatch.setitem(MODELS["cnn"].kwargs, "blocks", [(16, True)])
+    monkeypatch.setitem(MODELS["cnn"].kwargs, "blocks", [(16, True)])  # a changed registry value
+    monkeypatch.setitem(MODELS["cnn"].kwargs, "tta", 1)  # a registry key the run never saw
     after = load_checkpoint(out)
-    assert after.model_kwargs == {"stem": 8, "blocks": [[32, True], [64, True]]} == before.model_kwargs
+    assert after.model_kwargs == {"stem": 8, "blocks": [[32, True], [64, True]], "dropout": 0.0, "tta": 0}
+    assert after.model_kwargs == before.model_kwargs and after.model.tta == 0
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(after.model(x), before.model(x))

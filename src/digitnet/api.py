@@ -78,8 +78,9 @@ class DigitClassifier:
     field (augment=…, label_smoothing=…, threads=…) may be passed as a keyword.
 
     After `fit` (or `load`): model_ (torch module, eval mode), classes_, history_ (one dict per
-    epoch), temperature_, unsure_threshold_, config_ (the TrainConfig as a dict), train_seconds_,
-    best_epoch_, val_accuracy_, n_features_in_.
+    epoch), temperature_, unsure_threshold_, config_ (the TrainConfig as a dict), network_kwargs_
+    (the network's full constructor arguments, saved with it), train_seconds_, best_epoch_,
+    val_accuracy_, n_features_in_.
     """
 
     _estimator_type = "classifier"
@@ -122,6 +123,7 @@ class DigitClassifier:
         """Train on images X (uint8 (N, 28, 28) 0–255 or float (N, 784) 0–1) and labels y; return self."""
         import torch
 
+        from digitnet.models import network_kwargs
         from digitnet.train import calibrate, fit, stratified_split
 
         cfg = self.config()
@@ -147,6 +149,7 @@ class DigitClassifier:
         self.best_epoch_ = int(result.best_epoch)
         self.val_accuracy_ = result.val_accuracy
         self.config_ = cfg.to_dict()
+        self.network_kwargs_ = network_kwargs(cfg.model, cfg.model_kwargs)  # the network's full constructor call
         self.classes_ = np.arange(N_CLASSES)
         self.n_features_in_ = 28 * 28
         return self
@@ -172,6 +175,7 @@ class DigitClassifier:
         import torch
 
         from digitnet.inference import Predictor
+        from digitnet.models import views_per_image
 
         self._check_fitted()
         net = self.model_.eval()
@@ -181,7 +185,8 @@ class DigitClassifier:
                 return net(torch.from_numpy(x)).float().numpy()
 
         return Predictor(run_logits=run_logits, name=self.config_["model"], version="in-memory",
-                         temperature=self.temperature_, unsure_threshold=self.unsure_threshold_, backend="torch")
+                         temperature=self.temperature_, unsure_threshold=self.unsure_threshold_, backend="torch",
+                         views=views_per_image(net))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities (N, 10) float32 = softmax(logits / temperature_)."""
@@ -210,7 +215,6 @@ class DigitClassifier:
     def save(self, path: str | Path) -> Path:
         """Write a run folder (model.pt, metrics.json, history.csv) that the CLI can evaluate; return it."""
         from digitnet.checkpoint import save_checkpoint
-        from digitnet.models import network_kwargs
         from digitnet.runfolder import now_iso, write_history
         from digitnet.utils import atomic_write_json
 
@@ -224,7 +228,7 @@ class DigitClassifier:
                    "train_seconds": round(self.train_seconds_, 3), "temperature": self.temperature_,
                    "unsure_threshold": self.unsure_threshold_, "finished": finished, "source": "DigitClassifier"}
         save_checkpoint(out / "model.pt", self.model_, model_name=self.config_["model"],
-                        model_kwargs=network_kwargs(self.config_["model"], self.config_.get("model_kwargs")),
+                        model_kwargs=self.network_kwargs_,
                         config=self.config_,
                         temperature=self.temperature_, unsure_threshold=self.unsure_threshold_,
                         meta={"val_accuracy": self.val_accuracy_, "finished": finished, "source": "DigitClassifier"})
@@ -256,6 +260,7 @@ class DigitClassifier:
         clf.best_epoch_ = int(metrics.get("best_epoch") or len(clf.history_))
         clf.val_accuracy_ = metrics.get("val_accuracy", loaded.meta.get("val_accuracy"))
         clf.config_ = {**cfg, "model": loaded.name}
+        clf.network_kwargs_ = loaded.model_kwargs
         clf.classes_ = np.arange(N_CLASSES)
         clf.n_features_in_ = 28 * 28
         return clf

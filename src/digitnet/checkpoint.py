@@ -25,7 +25,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 class LoadedModel:
     model: Any  # torch.nn.Module in eval mode, float32, CPU
     name: str  # registry name, e.g. "cnn"
-    model_kwargs: dict[str, Any]
+    model_kwargs: dict[str, Any]  # every constructor argument (see models.network_kwargs)
     config: dict[str, Any]  # the TrainConfig the run used, as a dict
     temperature: float = 1.0  # calibration: probabilities = softmax(logits / temperature)
     unsure_threshold: float = 0.0  # calibrated confidence below this is flagged "unsure"
@@ -103,19 +103,21 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
 
 def load_checkpoint(spec: str | Path) -> LoadedModel:
     """Load a run folder, a `model.pt` file, or 'default' into an eval-mode float32 CPU model."""
-    from digitnet.models import build_model, get_spec
+    from digitnet.models import build_saved, get_spec, network_kwargs
 
     ckpt, path = read_checkpoint(spec)
     name = ckpt.get("model")
     try:
         get_spec(name)
-        model = build_model(name, **ckpt.get("model_kwargs", {}))
+        saved = dict(ckpt.get("model_kwargs", {}))
+        model = build_saved(name, saved)
         model.load_state_dict(ckpt["state_dict"])
+        kwargs = network_kwargs(name, {**saved, **({"tta": model.tta} if hasattr(model, "tta") else {})})
     except Exception as exc:
         raise ModelError(f"{path}: checkpoint does not match model {name!r}: {str(exc).splitlines()[0][:200]}") from None
     model.float().eval()
     return LoadedModel(
-        model=model, name=name, model_kwargs=dict(ckpt.get("model_kwargs", {})), config=dict(ckpt.get("config", {})),
+        model=model, name=name, model_kwargs=kwargs, config=dict(ckpt.get("config", {})),
         temperature=float(ckpt.get("temperature", 1.0)), unsure_threshold=float(ckpt.get("unsure_threshold", 0.0)),
         meta=dict(ckpt.get("meta", {})), path=path,
     )

@@ -23,6 +23,7 @@ from digitnet.utils import atomic_write_bytes
 OPSET = 18
 FORMAT = "digitnet-onnx/1"
 INPUT, OUTPUT = "x", "logits"
+MAX_VIEWS = 25  # test-time augmentation copies per image: tta=2 at most (models.CNN)
 
 
 def onnx_bytes(loaded: Any, *, opset: int = OPSET) -> bytes:
@@ -85,10 +86,16 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
     if props.get("digitnet.format") != FORMAT:
         raise ModelError(f"{source}: not a digitnet ONNX export (no {FORMAT} metadata); re-export it with `digitnet export`")
     try:
+        views = int(props.get("digitnet.views", "1"))
+    except ValueError:
+        views = 0
+    if not 1 <= views <= MAX_VIEWS:
+        raise ModelError(f"{source}: digitnet.views must be 1 to {MAX_VIEWS}, got {props.get('digitnet.views')!r}")
+    try:
         return {"model": props["digitnet.model"], "version": props.get("digitnet.version", "unknown"),
                 "temperature": float(props["digitnet.temperature"]),
                 "unsure_threshold": float(props["digitnet.unsure_threshold"]),
-                "views": int(props.get("digitnet.views", "1")),
+                "views": views,
                 "checkpoint_sha256": props.get("digitnet.checkpoint_sha256")}
     except (KeyError, ValueError):
         raise ModelError(f"{source}: digitnet ONNX metadata is incomplete; re-export it") from None

@@ -7,6 +7,7 @@ export and the server all see the same function of the raw pixels.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -180,16 +181,17 @@ def views_per_image(model: nn.Module) -> int:
 
 @contextmanager
 def single_view(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, `model` (a `CNN` with `tta`) predicts from the input alone: the cheap
-    per-epoch validation during training. Other models pass through unchanged."""
-    saved = getattr(model, "tta", 0)
-    if saved:
-        model.tta = 0
+    """Within the block, `model` and every submodule with `tta` (an ensemble's members too)
+    predict from the input alone: the cheap per-epoch validation during training, a distillation
+    teacher. Other models pass through unchanged."""
+    saved = [(m, m.tta) for m in model.modules() if getattr(m, "tta", 0)]
+    for m, _ in saved:
+        m.tta = 0
     try:
         yield model
     finally:
-        if saved:
-            model.tta = saved
+        for m, tta in saved:
+            m.tta = tta
 
 
 class Ensemble(nn.Module):
@@ -205,7 +207,7 @@ class Ensemble(nn.Module):
         members = members or []
         if not members:
             raise ConfigError("an ensemble needs at least one member run")
-        self.members = nn.ModuleList(build_model(m["model"], **m.get("kwargs", {})) for m in members)
+        self.members = nn.ModuleList(build_saved(m["model"], m.get("kwargs", {})) for m in members)
         self.register_buffer("temperatures", torch.tensor([float(m.get("temperature", 1.0)) for m in members]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,9 +275,22 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def network_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Registry entry `name`'s constructor arguments with `overrides` applied: what a checkpoint
-    stores, so a later change to the registry does not change an already trained model."""
-    return {**get_spec(name).kwargs, **(overrides or {})}
+    """Every constructor argument of registry entry `name`: the class defaults, then the registry's
+    kwargs, then `overrides`. A checkpoint stores this, so a later change to the registry or to a
+    default cannot change an already trained model."""
+    spec = get_spec(name)
+    defaults = {k: p.default for k, p in inspect.signature(spec.factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **spec.kwargs, **(overrides or {})}
+
+
+def build_saved(name: str, saved_kwargs: dict[str, Any]) -> nn.Module:
+    """Rebuild a network from the kwargs a checkpoint stored. Checkpoints from before test-time
+    augmentation (session 4) stored only overrides and never name `tta`: they meant one view."""
+    kwargs = dict(saved_kwargs)
+    if "tta" in network_kwargs(name) and "tta" not in kwargs:
+        kwargs["tta"] = 0
+    return build_model(name, **kwargs)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitnet.models import single_view
+
 if TYPE_CHECKING:
     from digitnet.train import TrainConfig
 
@@ -104,7 +106,8 @@ class Teacher:
     """A trained run (or ensemble) whose softened predictions a student learns from.
 
     The teacher sees exactly the augmented batch the student sees, so its targets follow the
-    augmentation; it runs without gradients under the same autocast as the student.
+    augmentation; it runs without gradients under the same autocast as the student, and from one
+    view even when it predicts with test-time augmentation (`best`).
     """
 
     def __init__(self, spec: str, device: torch.device, weight: float) -> None:
@@ -116,7 +119,7 @@ class Teacher:
 
     def loss(self, student_logits: torch.Tensor, x: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
         """(1 - w) · hard-label loss + w · T² · KL(teacher_T ‖ student_T); logits (B, 10) float32."""
-        with torch.no_grad():
+        with torch.no_grad(), single_view(self.model):  # one view: TTA would cost 9× on every step
             target = F.log_softmax(self.model(x).float() / DISTILL_T, 1)  # (B, 10)
         soft = F.kl_div(F.log_softmax(student_logits / DISTILL_T, 1), target, log_target=True, reduction="batchmean")
         return (1 - self.weight) * hard_loss + self.weight * DISTILL_T**2 * soft
