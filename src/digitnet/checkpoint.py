@@ -25,7 +25,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 class LoadedModel:
     model: Any  # torch.nn.Module in eval mode, float32, CPU
     name: str  # registry name, e.g. "cnn"
-    model_kwargs: dict[str, Any]  # every constructor argument (see models.network_kwargs)
+    model_kwargs: dict[str, Any]  # every constructor argument (models.saved_network_kwargs)
     config: dict[str, Any]  # the TrainConfig the run used, as a dict
     temperature: float = 1.0  # calibration: probabilities = softmax(logits / temperature)
     unsure_threshold: float = 0.0  # calibrated confidence below this is flagged "unsure"
@@ -103,16 +103,15 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
 
 def load_checkpoint(spec: str | Path) -> LoadedModel:
     """Load a run folder, a `model.pt` file, or 'default' into an eval-mode float32 CPU model."""
-    from digitnet.models import build_saved, get_spec, network_kwargs
+    from digitnet.models import build_model, get_spec, saved_network_kwargs
 
     ckpt, path = read_checkpoint(spec)
     name = ckpt.get("model")
     try:
         get_spec(name)
-        saved = dict(ckpt.get("model_kwargs", {}))
-        model = build_saved(name, saved)
+        kwargs = saved_network_kwargs(name, dict(ckpt.get("model_kwargs", {})))
+        model = build_model(name, **kwargs)
         model.load_state_dict(ckpt["state_dict"])
-        kwargs = network_kwargs(name, {**saved, **({"tta": model.tta} if hasattr(model, "tta") else {})})
     except Exception as exc:
         raise ModelError(f"{path}: checkpoint does not match model {name!r}: {str(exc).splitlines()[0][:200]}") from None
     model.float().eval()

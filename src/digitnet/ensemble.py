@@ -26,7 +26,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[s
     # Members predict from one view: averaging over models already does what test-time
     # augmentation does, at a ninth of the cost (BENCHMARKS.md: 3-run ensembles of `best` made
     # 24.1 errors from one view and 24.2 with TTA, on average over 10 choices of 3 runs).
-    members = [{"model": m.name, "kwargs": {**m.model_kwargs, "tta": 0} if getattr(m.model, "tta", 0) else m.model_kwargs,
+    members = [{"model": m.name, "kwargs": {**m.model_kwargs, **({"tta": 0} if "tta" in m.model_kwargs else {})},
                 "temperature": m.temperature} for m in loaded]
     model = Ensemble(members)
     for sub, m in zip(model.members, loaded, strict=True):

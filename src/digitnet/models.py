@@ -207,7 +207,8 @@ class Ensemble(nn.Module):
         members = members or []
         if not members:
             raise ConfigError("an ensemble needs at least one member run")
-        self.members = nn.ModuleList(build_saved(m["model"], m.get("kwargs", {})) for m in members)
+        self.members = nn.ModuleList(build_model(m["model"], **saved_network_kwargs(m["model"], m.get("kwargs", {})))
+                                     for m in members)
         self.register_buffer("temperatures", torch.tensor([float(m.get("temperature", 1.0)) for m in members]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,13 +285,14 @@ def network_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[s
     return {**defaults, **spec.kwargs, **(overrides or {})}
 
 
-def build_saved(name: str, saved_kwargs: dict[str, Any]) -> nn.Module:
-    """Rebuild a network from the kwargs a checkpoint stored. Checkpoints from before test-time
-    augmentation (session 4) stored only overrides and never name `tta`: they meant one view."""
-    kwargs = dict(saved_kwargs)
-    if "tta" in network_kwargs(name) and "tta" not in kwargs:
+def saved_network_kwargs(name: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """The full constructor arguments of a network whose checkpoint stored `saved`. Checkpoints
+    from before test-time augmentation (session 4) stored only overrides and never name `tta`:
+    they meant one view, and were calibrated for it."""
+    kwargs = network_kwargs(name, saved)
+    if "tta" in kwargs and "tta" not in saved:
         kwargs["tta"] = 0
-    return build_model(name, **kwargs)
+    return kwargs
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
