@@ -46,7 +46,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name: (registry model, TrainConfig 
 }
 
 
-def _view_probs(model, x: np.ndarray, device: str) -> np.ndarray:
+def view_probs(model, x: np.ndarray, device: str) -> np.ndarray:
     """Softmax of `model` on each of the 9 one-pixel shifts of x: (9, N, 10), view 4 = unshifted."""
     import torch
 
@@ -82,7 +82,7 @@ def run_one(job: tuple[str, int], device: str, epochs: int | None) -> tuple[dict
     row = dict(name=name, seed=seed, best_epoch=res.best_epoch, epochs=len(res.history), wall=round(time.time() - t0, 1))
     # Accuracy without and with test-time augmentation (mean softmax over shifted copies).
     for split, x, y in (("val", data.x_train[va], data.y_train[va]), ("test", data.x_test, data.y_test)):
-        views = _view_probs(res.model, x, device)  # (9, N, 10)
+        views = view_probs(res.model, x, device)  # (9, N, 10)
         for tta, probs in (("", views[4]), ("_plus5", views[PLUS].mean(0)), ("_tta9", views.mean(0))):
             row[split + tta] = float((probs.argmax(1) == np.asarray(y)).mean())
         if split == "test":
