@@ -50,7 +50,8 @@ def view_probs(model, x: np.ndarray, device: str) -> np.ndarray:
     """Softmax of `model` on each of the 9 one-pixel shifts of x: (9, N, 10), view 4 = unshifted."""
     import torch
 
-    from digitnet.models import as_batch, shifted_views, single_view
+    from digitnet.inference.batching import as_batch
+    from digitnet.models import shifted_views, single_view
 
     xb = as_batch(x)
     out = []
@@ -68,7 +69,8 @@ def run_one(job: tuple[str, int], device: str, epochs: int | None) -> tuple[dict
     import torch
 
     from digitnet.data import load_dataset
-    from digitnet.train import TrainConfig, fit, stratified_split
+    from digitnet.training.config import TrainConfig
+    from digitnet.training.loop import fit, stratified_split
 
     torch.set_num_threads(1)  # many runs share the machine's cores
     torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 (bf16 is the recipe's autocast switch)

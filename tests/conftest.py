@@ -58,7 +58,7 @@ class TinyMnist:
         import numpy as np
 
         from digitnet.data import FILES
-        from digitnet.idx import encode_idx
+        from digitnet.data.idx import encode_idx
 
         rng = np.random.default_rng(1234)
         x_tr = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
@@ -88,10 +88,10 @@ class TinyMnist:
 @pytest.fixture
 def tiny_mnist(monkeypatch) -> TinyMnist:
     """A tiny IDX set that digitnet.data accepts as MNIST: its SHA-256 table is patched to match."""
-    import digitnet.data
+    import digitnet.data.mnist
 
     tiny = TinyMnist()
-    monkeypatch.setattr(digitnet.data, "SHA256", tiny.sha256)
+    monkeypatch.setattr(digitnet.data.mnist, "SHA256", tiny.sha256)
     return tiny
 
 

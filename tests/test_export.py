@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from digitnet.errors import ModelError
-from digitnet.export import export_onnx, read_metadata
-from digitnet.inference import Predictor
+from digitnet.inference.export import export_onnx, read_metadata
+from digitnet.inference.predictor import Predictor
 
 
 def make_run(folder, x_stats=None, *, temperature=1.3, threshold=0.7):
@@ -18,7 +18,8 @@ def make_run(folder, x_stats=None, *, temperature=1.3, threshold=0.7):
     import torch
 
     from digitnet.checkpoint import save_checkpoint
-    from digitnet.models import as_batch, build_model
+    from digitnet.inference.batching import as_batch
+    from digitnet.models import build_model
 
     torch.manual_seed(0)
     model = build_model("cnn")
@@ -100,7 +101,7 @@ def test_onnx_parity_on_real_digits(mnist, tmp_path):
     import torch
 
     from digitnet.checkpoint import load_checkpoint
-    from digitnet.models import batched_logits
+    from digitnet.inference.batching import batched_logits
 
     raw = torch.softmax(batched_logits(load_checkpoint(run).model, x) / 1.3, 1).numpy()
     assert np.abs(raw - b).max() < 1e-4
@@ -127,7 +128,9 @@ def test_fold_for_inference_is_exact_and_only_folds_what_it_may(mnist):
     """conv→pool→BN→ReLU becomes (conv·s+b)→ReLU→pool only where every BN scale is positive."""
     import torch
 
-    from digitnet.models import ConvBN, FoldedConvBN, as_batch, build_model, fold_for_inference
+    from digitnet.inference.batching import as_batch
+    from digitnet.inference.folding import FoldedConvBN, fold_for_inference
+    from digitnet.models import ConvBN, build_model
 
     torch.manual_seed(0)
     model = build_model("cnn")

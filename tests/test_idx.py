@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from digitnet.data.idx import encode_idx, read_idx, read_idx_digest, write_idx
 from digitnet.errors import DatasetError, InputError
-from digitnet.idx import encode_idx, read_idx, read_idx_digest, write_idx
 
 
 def _images(n: int = 5, seed: int = 0) -> np.ndarray:

@@ -11,14 +11,8 @@ from PIL import Image, ImageDraw
 
 from digitnet.checkpoint import PRETRAINED_DIR
 from digitnet.errors import ConfigError, InputError, ModelError
-from digitnet.inference import (
-    Prediction,
-    Predictor,
-    choose_unsure_threshold,
-    coverage_curve,
-    fit_temperature,
-    softmax,
-)
+from digitnet.inference.calibration import choose_unsure_threshold, coverage_curve, fit_temperature, softmax
+from digitnet.inference.predictor import Prediction, Predictor
 
 BUNDLED = PRETRAINED_DIR / "model.pt"
 
@@ -116,7 +110,7 @@ def test_coverage_curve():
 
 def test_predict_proba_is_calibrated_softmax(run, predictor):
     from digitnet.checkpoint import load_checkpoint
-    from digitnet.models import batched_logits
+    from digitnet.inference.batching import batched_logits
 
     x = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     p = predictor.predict_proba(x)

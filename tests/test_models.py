@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from digitnet.errors import ConfigError
-from digitnet.models import CNN, as_batch, batched_logits, build_model, shifted_views, single_view
+from digitnet.inference.batching import as_batch, batched_logits
+from digitnet.models import CNN, build_model, shifted_views, single_view
 
 SMALL = dict(stem=8, blocks=[(8, True), (16, True)])
 
@@ -57,7 +58,8 @@ def test_tta_radius_is_validated(bad):
 def test_best_predicts_with_tta_and_fit_selects_on_single_view():
     """`best` averages 9 views when it predicts; `fit` scores validation on one view (9× cheaper),
     so the val accuracy it reports is the chosen weights' single-view accuracy."""
-    from digitnet.train import TrainConfig, fit
+    from digitnet.training.config import TrainConfig
+    from digitnet.training.loop import fit
 
     assert build_model("best").tta == 1 and build_model("cnn").tta == 0
     rng = np.random.default_rng(0)
@@ -92,7 +94,7 @@ def test_tta_models_run_as_many_images_per_pass_as_one_view_models(tmp_path):
     """batched_logits and Predictor divide their batch by the 9 views, so memory stays bounded."""
     from digitnet.api import DigitClassifier
     from digitnet.checkpoint import save_checkpoint
-    from digitnet.inference import CHUNK, Predictor
+    from digitnet.inference.predictor import CHUNK, Predictor
 
     torch.manual_seed(0)
     model = CNN(**SMALL, tta=1).eval()
@@ -122,7 +124,7 @@ def test_checkpoints_from_before_tta_still_mean_one_view(tmp_path):
 
 def test_distillation_teacher_predicts_from_one_view(tmp_path):
     from digitnet.checkpoint import save_checkpoint
-    from digitnet.recipe import Teacher
+    from digitnet.training.recipe import Teacher
 
     torch.manual_seed(0)
     model = CNN(**SMALL, tta=1).eval()
@@ -143,7 +145,7 @@ def test_onnx_views_metadata_is_checked(tmp_path, views):
     import onnx
 
     from digitnet.errors import ModelError
-    from digitnet.export import read_metadata
+    from digitnet.inference.export import read_metadata
 
     proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     for k, v in {"digitnet.format": "digitnet-onnx/1", "digitnet.model": "cnn", "digitnet.temperature": "1.0",
@@ -157,8 +159,8 @@ def test_onnx_views_metadata_is_checked(tmp_path, views):
 def test_onnx_export_carries_tta(tmp_path):
     """The exported graph averages the same 9 views: ONNX Runtime matches torch."""
     from digitnet.checkpoint import save_checkpoint
-    from digitnet.export import export_onnx, read_metadata
-    from digitnet.inference import Predictor
+    from digitnet.inference.export import export_onnx, read_metadata
+    from digitnet.inference.predictor import Predictor
 
     torch.manual_seed(0)
     model = build_model("cnn", **SMALL, tta=1)

@@ -14,13 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from digitnet.errors import InputError
-from digitnet.preprocess import (
-    ACCEPTED_FORMATS,
-    MNIST_COM,
-    as_mnist,
-    decode_image,
-    preprocess,
-)
+from digitnet.inference.preprocess import ACCEPTED_FORMATS, MNIST_COM, as_mnist, decode_image, preprocess
 
 
 def draw_digit(size: int = 200, *, canvas: tuple[int, int] | None = None, offset: tuple[int, int] = (0, 0),

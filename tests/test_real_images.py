@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 from digitnet.checkpoint import PRETRAINED_DIR
-from digitnet.inference import Predictor
-from digitnet.nondigits import not_digits
-from digitnet.preprocess import decode_image
+from digitnet.evaluation.nondigits import not_digits
+from digitnet.inference.predictor import Predictor
+from digitnet.inference.preprocess import decode_image
 
 pytestmark = pytest.mark.slow
 BUNDLED = PRETRAINED_DIR / "model.pt"

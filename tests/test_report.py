@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitnet.plots import error_image, fig_to_png, plot_confusion_matrix, plot_curves, plot_misclassified
-from digitnet.report import render_html, write_report
-from digitnet.runfolder import read_history
+from digitnet.evaluation.plots import (
+    error_image,
+    fig_to_png,
+    plot_confusion_matrix,
+    plot_curves,
+    plot_misclassified,
+)
+from digitnet.evaluation.report import render_html, write_report
+from digitnet.training.runfolder import read_history
 from test_evaluate import make_run, synthetic_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +59,7 @@ class PageParser(HTMLParser):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from digitnet.evaluate import evaluate_run
+    from digitnet.evaluation.evaluate import evaluate_run
 
     root = tmp_path_factory.mktemp("runs")
     run = make_run(root / "demo", model="seed-mlp", test_accuracy=0.1)

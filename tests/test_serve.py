@@ -28,7 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from digitnet.bench_serve import free_port, wait_ready
+from digitnet.bench.common import free_port, wait_ready
 from digitnet.serve import create_app
 
 
@@ -140,7 +140,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(ckpt):
-    from digitnet.inference import Predictor
+    from digitnet.inference.predictor import Predictor
 
     return Predictor.load(ckpt, threads=1)
 
@@ -528,7 +528,7 @@ def test_cli_serve_refuses_bad_arguments_with_exit_2(tmp_path):
 
 def test_cli_serve_runs_the_service_and_bench_drives_it(ckpt):
     """`digitnet serve` in a subprocess; a short mixed bench run against it keeps good requests good."""
-    from digitnet.bench_serve import ServeBenchConfig, run_bench_serve
+    from digitnet.bench.serve import ServeBenchConfig, run_bench_serve
 
     port = free_port()
     proc = start_cli_server(ckpt, port)
@@ -548,7 +548,7 @@ def test_cli_serve_runs_the_service_and_bench_drives_it(ckpt):
 
 
 def test_bench_refuses_non_loopback_targets():
-    from digitnet.bench_serve import ServeBenchConfig
+    from digitnet.bench.serve import ServeBenchConfig
     from digitnet.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"127\.0\.0\.1"):

@@ -17,7 +17,9 @@ import torch
 
 from digitnet.checkpoint import load_checkpoint
 from digitnet.errors import ConfigError
-from digitnet.train import TrainConfig, fit, stratified_split, train
+from digitnet.training.config import TrainConfig
+from digitnet.training.loop import fit, stratified_split
+from digitnet.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +79,9 @@ def test_unknown_model_and_option_are_clear_errors():
 def test_every_registry_recipe_trains_and_folds(name, toy):
     """Each recipe as registered (network, precision, optimizer) takes real steps, and the folded
     inference form used by predict and the ONNX export computes the same function."""
-    from digitnet.models import as_batch, build_model, fold_for_inference
+    from digitnet.inference.batching import as_batch
+    from digitnet.inference.folding import fold_for_inference
+    from digitnet.models import build_model
 
     cfg = TrainConfig.for_model(name, epochs=1, batch_size=64, val_size=0, threads=1)
     torch.manual_seed(cfg.seed)
@@ -94,8 +98,8 @@ def test_every_registry_recipe_trains_and_folds(name, toy):
 
 def test_auto_precision_probes_once_per_machine_and_network(tmp_path, monkeypatch):
     """"auto" takes bf16 only when the probe finds it clearly faster, and remembers the answer."""
-    from digitnet import recipe
     from digitnet.models import build_model
+    from digitnet.training import recipe
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     probes = []
@@ -106,7 +110,7 @@ def test_auto_precision_probes_once_per_machine_and_network(tmp_path, monkeypatc
 
     monkeypatch.setattr(recipe, "_step_seconds", fake_probe)
     model, cpu = build_model("cnn"), torch.device("cpu")
-    assert recipe.resolve_bf16(True, model, cpu, 64) is True and recipe.resolve_bf16(False, model, cpu, 64) is False
+    assert recipe.resolve_bf16("bf16", model, cpu, 64) is True and recipe.resolve_bf16("fp32", model, cpu, 64) is False
     assert probes == [] and recipe.resolve_bf16("auto", model, torch.device("cuda"), 64) is True
     speed_bf16 = 0.5  # twice as fast: bf16
     assert recipe.resolve_bf16("auto", model, cpu, 64, "net-a") is True and len(probes) == 2
@@ -191,7 +195,7 @@ def test_checkpoint_keeps_the_registry_network_it_was_trained_with(toy, tmp_path
 
 
 def test_elastic_distortion_is_seeded_and_moves_ink():
-    from digitnet.recipe import random_affine
+    from digitnet.training.recipe import random_affine
 
     x = torch.zeros(4, 1, 28, 28)
     x[:, :, 8:20, 12:16] = 1.0  # a bar
@@ -265,7 +269,7 @@ def test_cnn_one_epoch_on_real_mnist(mnist, tmp_path):
 def test_seed_mlp_one_epoch_on_real_mnist(mnist):
     """The notebook's tiny sigmoid MLP swings a few points between seeds after one epoch (78–84 %
     measured), so the bound is on the mean of two seeds, trained on all 60,000 images as Keras did."""
-    from digitnet.models import batched_logits
+    from digitnet.inference.batching import batched_logits
 
     accs = []
     for seed in (0, 1):

@@ -40,7 +40,7 @@ def web_model() -> str:
 def server(web_model):
     import uvicorn
 
-    from digitnet.bench_serve import free_port, wait_ready
+    from digitnet.bench.common import free_port, wait_ready
     from digitnet.serve import create_app
 
     port = free_port()

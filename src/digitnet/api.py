@@ -4,22 +4,33 @@
     clf.predict_proba(x_test)  # (N, 10), calibrated
     clf.score(x_test, y_test); clf.save("runs/mine"); DigitClassifier.load("runs/mine")
 
-Training is `digitnet.train.fit` and a saved classifier is an ordinary run folder (loaded with
-`digitnet.checkpoint.load_checkpoint`), so the CLI and this API share one training path and one
-model format. Bad input raises `ValueError` (what scikit-learn tooling expects), with digitnet's
-one-line message.
+Training is `digitnet.training.fit` with `TrainConfig`'s defaults, a saved classifier is an ordinary
+run folder (`training.runfolder.write_run`, loaded with `checkpoint.load_checkpoint`), and
+predictions go through `inference.Predictor`: the CLI and this API share one path for each.
+Bad input raises `ValueError` (what scikit-learn tooling expects; digitnet's `InputError` and
+`ConfigError` are ValueErrors) with digitnet's one-line message.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import inspect
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from digitnet.errors import InputError
+import digitnet.training.runfolder as runfolder
+from digitnet.checkpoint import load_checkpoint
+from digitnet.inference.batching import as_batch
+from digitnet.inference.predictor import Predictor
+from digitnet.models import count_parameters, network_kwargs
+from digitnet.training.config import TrainConfig, field_names
+from digitnet.training.loop import fit, split_sizes, stratified_split
+from digitnet.training.progress import Reporter
+from digitnet.training.run import calibrate
 
 N_CLASSES = 10
 _PARAMS = ("model", "epochs", "batch_size", "lr", "seed", "val_size", "verbose")
@@ -29,29 +40,13 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when predicting with a classifier that has not been fitted (as scikit-learn's is)."""
 
 
-@contextlib.contextmanager
-def _as_value_error() -> Iterator[None]:
-    # digitnet's InputError is not a ValueError; scikit-learn callers catch ValueError.
-    try:
-        yield
-    except InputError as exc:
-        if isinstance(exc, ValueError):
-            raise
-        raise ValueError(str(exc)) from None
-
-
-def _images(X: Any) -> Any:
+def _images(X: Any) -> torch.Tensor:
     """X → float32 tensor (N, 1, 28, 28) in [0, 1]; ValueError for anything `as_batch` refuses."""
-    import torch
-
-    from digitnet.models import as_batch
-
     if not isinstance(X, torch.Tensor):
         X = np.asarray(X)  # lists, DataFrames, memmaps …
         if X.dtype.kind not in "uif":
             raise ValueError(f"X must hold numeric pixels (uint8 0-255 or float 0-1), got dtype {X.dtype}")
-    with _as_value_error():
-        return as_batch(X)
+    return as_batch(X)
 
 
 def _labels(y: Any, n: int) -> np.ndarray:
@@ -72,10 +67,11 @@ def _labels(y: Any, n: int) -> np.ndarray:
 class DigitClassifier:
     """A digit classifier with `fit`, `predict`, `predict_proba`, `score`, `save` and `load`.
 
-    model: a registry name (`digitnet models`); epochs/batch_size/lr: None = the model's recipe;
-    val_size: images held out of `fit`'s data (stratified) for best-epoch selection and for
-    calibrating the temperature (0 = train on everything, temperature 1). Any other TrainConfig
-    field (augment=…, label_smoothing=…, threads=…) may be passed as a keyword.
+    model: a registry name (`digitnet models`). epochs, batch_size, lr, val_size: None = the
+    model's recipe on `TrainConfig`'s defaults (val_size: 5,000 images held out of `fit`'s data,
+    stratified, at most a fifth of it, for best-epoch selection and calibration; 0 = train on
+    everything, temperature 1, nothing flagged unsure). Any other TrainConfig field
+    (augment=…, label_smoothing=…, threads=…) may be passed as a keyword.
 
     After `fit` (or `load`): model_ (torch module, eval mode), classes_, history_ (one dict per
     epoch), temperature_, unsure_threshold_, config_ (the TrainConfig as a dict), network_kwargs_
@@ -86,7 +82,7 @@ class DigitClassifier:
     _estimator_type = "classifier"
 
     def __init__(self, model: str = "cnn", epochs: int | None = None, batch_size: int | None = None,
-                 lr: float | None = None, seed: int = 0, val_size: int = 0, verbose: bool = False,
+                 lr: float | None = None, seed: int = 0, val_size: int | None = None, verbose: bool = False,
                  **overrides: Any) -> None:
         # scikit-learn convention: store the parameters untouched; `fit` validates them.
         self.model, self.epochs, self.batch_size, self.lr = model, epochs, batch_size, lr
@@ -98,6 +94,12 @@ class DigitClassifier:
         return {**{k: getattr(self, k) for k in _PARAMS}, **self._overrides}
 
     def set_params(self, **params: Any) -> DigitClassifier:
+        """Set parameters by name; an unknown name is refused at once, before anything changes."""
+        known = set(_PARAMS) | set(field_names()) | {"bf16"}  # bf16: the pre-`precision` spelling
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"invalid parameter(s) {', '.join(map(repr, unknown))} for DigitClassifier; "
+                             f"valid: {', '.join(sorted(known))}")
         for key, value in params.items():
             if key in _PARAMS:
                 setattr(self, key, value)
@@ -106,26 +108,19 @@ class DigitClassifier:
         return self
 
     def __repr__(self) -> str:
-        defaults = {"model": "cnn", "epochs": None, "batch_size": None, "lr": None, "seed": 0, "val_size": 0,
-                    "verbose": False}
+        defaults = {k: p.default for k, p in inspect.signature(type(self)).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
         shown = [f"{k}={v!r}" for k, v in self.get_params().items() if k not in defaults or defaults[k] != v]
         return f"DigitClassifier({', '.join(shown)})"
 
-    def config(self) -> Any:
+    def config(self) -> TrainConfig:
         """The `TrainConfig` these parameters give (recipe defaults filled in); ConfigError if invalid."""
-        from digitnet.train import TrainConfig
-
         return TrainConfig.for_model(self.model, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                      seed=self.seed, val_size=self.val_size, **self._overrides)
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> DigitClassifier:
         """Train on images X (uint8 (N, 28, 28) 0–255 or float (N, 784) 0–1) and labels y; return self."""
-        import torch
-
-        from digitnet.models import network_kwargs
-        from digitnet.train import calibrate, fit, stratified_split
-
         cfg = self.config()
         xb = _images(X)  # (N, 1, 28, 28) float in [0, 1]
         y = _labels(y, len(xb))
@@ -134,12 +129,8 @@ class DigitClassifier:
         # uint8 once, here: the trainer keeps its data as uint8 anyway, and indexing it is cheap.
         x = (xb * 255).round_().to(torch.uint8).squeeze(1).numpy()  # (N, 28, 28)
         del xb
-        tr, va = stratified_split(y, cfg.val_size, seed=0)
-        reporter = None
-        if self.verbose:
-            from digitnet.progress import Reporter
-
-            reporter = Reporter()
+        tr, va = stratified_split(y, split_sizes(len(y), cfg.val_size))
+        reporter = Reporter() if self.verbose else None
         result = fit(cfg, x[tr], y[tr], x[va], y[va], progress=reporter.bar if reporter else None,
                      on_epoch=(lambda row: reporter.epoch(row, cfg.epochs)) if reporter else None)
         self.temperature_, self.unsure_threshold_ = calibrate(result.model, x[va], y[va])
@@ -155,7 +146,7 @@ class DigitClassifier:
         return self
 
     def __sklearn_tags__(self) -> Any:
-        # Only scikit-learn calls this, so importing it here keeps it a dev-only dependency.
+        # scikit-learn is optional (digitnet does not need it); only scikit-learn calls this.
         from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
 
         return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
@@ -170,30 +161,16 @@ class DigitClassifier:
                                  "DigitClassifier.load(path) before using it.")
 
     # -- prediction -----------------------------------------------------------------------------
-    def predictor(self) -> Any:
+    def predictor(self) -> Predictor:
         """A `digitnet.inference.Predictor` over the fitted model: the one path every prediction takes."""
-        import torch
-
-        from digitnet.inference import Predictor
-        from digitnet.models import views_per_image
-
         self._check_fitted()
-        net = self.model_.eval()
-
-        def run_logits(x: np.ndarray) -> np.ndarray:  # float32 (N, 1, 28, 28) -> logits (N, 10)
-            with torch.inference_mode():
-                return net(torch.from_numpy(x)).float().numpy()
-
-        return Predictor(run_logits=run_logits, name=self.config_["model"], version="in-memory",
-                         temperature=self.temperature_, unsure_threshold=self.unsure_threshold_, backend="torch",
-                         views=views_per_image(net))
+        return Predictor.from_module(self.model_, name=self.config_["model"], version="in-memory",
+                                     temperature=self.temperature_, unsure_threshold=self.unsure_threshold_)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities (N, 10) float32 = softmax(logits / temperature_)."""
         predictor = self.predictor()
-        x = _images(X)  # validated here so bad input is a ValueError
-        with _as_value_error():
-            return predictor.predict_proba(x)
+        return predictor.predict_proba(_images(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted digits (N,) int64."""
@@ -213,49 +190,42 @@ class DigitClassifier:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write a run folder (model.pt, metrics.json, history.csv) that the CLI can evaluate; return it."""
-        from digitnet.checkpoint import save_checkpoint
-        from digitnet.runfolder import now_iso, write_history
-        from digitnet.utils import atomic_write_json
-
+        """Write a run folder (model.pt, metrics.json, history.csv, manifest.json) that the CLI can
+        evaluate, with the same writer as `digitnet train`; return it."""
         self._check_fitted()
         out = Path(path)
         if out.exists() and not out.is_dir():
             raise ValueError(f"{out} exists and is not a folder; save() writes a run folder")
-        finished = now_iso()
+        finished = runfolder.now_iso()
         metrics = {"model": self.config_["model"], "seed": self.config_.get("seed"), "epochs": len(self.history_),
                    "best_epoch": self.best_epoch_, "val_accuracy": self.val_accuracy_,
-                   "train_seconds": round(self.train_seconds_, 3), "temperature": self.temperature_,
-                   "unsure_threshold": self.unsure_threshold_, "finished": finished, "source": "DigitClassifier"}
-        save_checkpoint(out / "model.pt", self.model_, model_name=self.config_["model"],
-                        model_kwargs=self.network_kwargs_,
-                        config=self.config_,
-                        temperature=self.temperature_, unsure_threshold=self.unsure_threshold_,
-                        meta={"val_accuracy": self.val_accuracy_, "finished": finished, "source": "DigitClassifier"})
-        write_history(out / "history.csv", self.history_)
-        atomic_write_json(out / "metrics.json", metrics)
+                   "train_seconds": round(self.train_seconds_, 3), "parameters": count_parameters(self.model_),
+                   "temperature": self.temperature_, "unsure_threshold": self.unsure_threshold_,
+                   "finished": finished, "source": "DigitClassifier"}
+        data = {"source": "arrays passed to DigitClassifier.fit"}
+        runfolder.write_run(out, self.model_, model_name=self.config_["model"], model_kwargs=self.network_kwargs_,
+                            config=self.config_, temperature=self.temperature_,
+                            unsure_threshold=self.unsure_threshold_, metrics=metrics, history=self.history_,
+                            data=data, started=finished,
+                            checkpoint_meta={"val_accuracy": self.val_accuracy_, "finished": finished,
+                                             "source": "DigitClassifier"})
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> DigitClassifier:
         """A fitted classifier from a run folder (`digitnet train` or `save`), a model.pt, or 'default'."""
-        from digitnet.checkpoint import load_checkpoint
-        from digitnet.runfolder import read_history
-
         loaded = load_checkpoint(path)
         cfg = dict(loaded.config)
         clf = cls(model=loaded.name, epochs=cfg.get("epochs"), batch_size=cfg.get("batch_size"), lr=cfg.get("lr"),
-                  seed=cfg.get("seed", 0), val_size=cfg.get("val_size", 0))
+                  seed=cfg.get("seed", 0), val_size=cfg.get("val_size"))
         run = loaded.path.parent if loaded.path is not None else None
-        metrics = {}
+        metrics: dict[str, Any] = {}
         if run is not None and (run / "metrics.json").is_file():
-            import json
-
             with contextlib.suppress(ValueError, OSError):
                 metrics = json.loads((run / "metrics.json").read_text())
         clf.model_ = loaded.model
         clf.temperature_, clf.unsure_threshold_ = loaded.temperature, loaded.unsure_threshold
-        clf.history_ = read_history(run / "history.csv") if run is not None else []
+        clf.history_ = runfolder.read_history(run / "history.csv") if run is not None else []
         clf.train_seconds_ = float(metrics.get("train_seconds") or 0.0)
         clf.best_epoch_ = int(metrics.get("best_epoch") or len(clf.history_))
         clf.val_accuracy_ = metrics.get("val_accuracy", loaded.meta.get("val_accuracy"))

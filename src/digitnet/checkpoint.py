@@ -3,18 +3,24 @@
 A trained model is a run folder; everything that consumes a model (evaluate, predict, export,
 serve, `DigitClassifier.load`) goes through `load_checkpoint`, which reads `model.pt` with
 `weights_only=True` (no pickled code can run) and rebuilds the architecture from the registry
-name and kwargs stored beside the weights.
+name and kwargs stored beside the weights. A model's identity (`checkpoint_version`, the file's
+SHA-256) is defined here too, so the predictor and the exporter ask one place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from digitnet.errors import ModelError
-from digitnet.utils import atomic_write_bytes
+from digitnet.models import build_model, get_spec, saved_network_kwargs
+from digitnet.utils import atomic_write_bytes, first_line
 
 FORMAT = "digitnet-checkpoint/1"
 MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024
@@ -23,7 +29,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: Any  # torch.nn.Module in eval mode, float32, CPU
+    model: nn.Module  # eval mode, float32, CPU
     name: str  # registry name, e.g. "cnn"
     model_kwargs: dict[str, Any]  # every constructor argument (models.saved_network_kwargs)
     config: dict[str, Any]  # the TrainConfig the run used, as a dict
@@ -42,11 +48,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def checkpoint_bytes(model: Any, *, model_name: str, model_kwargs: dict | None = None, config: dict | None = None,
+def checkpoint_bytes(model: nn.Module, *, model_name: str, model_kwargs: dict | None = None, config: dict | None = None,
                      temperature: float = 1.0, unsure_threshold: float = 0.0, meta: dict | None = None,
                      extra: dict | None = None) -> bytes:
-    import torch
-
     payload = {
         "format": FORMAT,
         "model": model_name,
@@ -63,7 +67,7 @@ def checkpoint_bytes(model: Any, *, model_name: str, model_kwargs: dict | None =
     return buf.getvalue()
 
 
-def save_checkpoint(path: str | Path, model: Any, **kwargs: Any) -> None:
+def save_checkpoint(path: str | Path, model: nn.Module, **kwargs: Any) -> None:
     """Write `model.pt` atomically (see `checkpoint_bytes` for the keyword arguments)."""
     atomic_write_bytes(path, checkpoint_bytes(model, **kwargs))
 
@@ -85,8 +89,6 @@ def resolve_model_path(spec: str | Path) -> Path:
 
 def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
     """The raw checkpoint dict, read safely, plus the file it came from."""
-    import torch
-
     path = resolve_model_path(spec)
     size = path.stat().st_size
     if size > MAX_CHECKPOINT_BYTES:
@@ -94,8 +96,7 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with code, truncated file …
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a readable digitnet checkpoint ({first[:200]})") from None
+        raise ModelError(f"{path}: not a readable digitnet checkpoint ({first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ModelError(f"{path}: not a digitnet checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
     return ckpt, path
@@ -103,8 +104,6 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
 
 def load_checkpoint(spec: str | Path) -> LoadedModel:
     """Load a run folder, a `model.pt` file, or 'default' into an eval-mode float32 CPU model."""
-    from digitnet.models import build_model, get_spec, saved_network_kwargs
-
     ckpt, path = read_checkpoint(spec)
     name = ckpt.get("model")
     try:
@@ -113,10 +112,28 @@ def load_checkpoint(spec: str | Path) -> LoadedModel:
         model = build_model(name, **kwargs)
         model.load_state_dict(ckpt["state_dict"])
     except Exception as exc:
-        raise ModelError(f"{path}: checkpoint does not match model {name!r}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(f"{path}: checkpoint does not match model {name!r}: {first_line(exc)}") from None
     model.float().eval()
     return LoadedModel(
         model=model, name=name, model_kwargs=kwargs, config=dict(ckpt.get("config", {})),
         temperature=float(ckpt.get("temperature", 1.0)), unsure_threshold=float(ckpt.get("unsure_threshold", 0.0)),
         meta=dict(ckpt.get("meta", {})), path=path,
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_version(loaded: LoadedModel) -> str:
+    """A short, stable name for these weights: `meta["version"]` if the run set one, else the
+    first 12 hex digits of the checkpoint file's SHA-256 ("unknown" without a file)."""
+    v = loaded.meta.get("version")
+    if v:
+        return str(v)
+    return file_sha256(loaded.path)[:12] if loaded.path else "unknown"

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -87,48 +86,6 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.bn(self.pool(self.conv(x))))
-
-
-class FoldedConvBN(nn.Module):
-    """Inference form of a `ConvBN`: BN folded into the conv, then ReLU, then pool.
-
-    Valid when every BN scale γ/√(σ²+ε) is positive: a positive per-channel affine map commutes
-    with max-pooling, and so does ReLU, so conv→pool→BN→ReLU = (conv·s + b)→ReLU→pool exactly.
-    ONNX Runtime then fuses Conv+ReLU and no elementwise pass over the feature map is left.
-    """
-
-    def __init__(self, block: ConvBN) -> None:
-        super().__init__()
-        bn, conv = block.bn, block.conv
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # (C,)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-            self.conv.bias.copy_(bn.bias - bn.running_mean * scale)
-        self.pool = block.pool
-
-    @staticmethod
-    def can_fold(block: nn.Module) -> bool:
-        if not isinstance(block, ConvBN) or block.bn.training or not block.bn.track_running_stats:
-            return False
-        return bool((block.bn.weight.detach() > 0).all())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.conv(x)))
-
-
-def fold_for_inference(model: nn.Module) -> nn.Module:
-    """A copy of eval-mode `model` with every foldable `ConvBN` replaced by a `FoldedConvBN`:
-    the same function (up to float rounding), fewer passes over memory. Used by the torch
-    predictor and the ONNX export; the checkpoint keeps the training form."""
-    import copy
-
-    model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if FoldedConvBN.can_fold(child):
-                setattr(parent, name, FoldedConvBN(child))
-    return model
 
 
 class CNN(nn.Module):
@@ -228,25 +185,23 @@ class ModelSpec:
     factory: type[nn.Module]
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)  # TrainConfig defaults for this model
+    recipe: dict[str, Any] = field(default_factory=dict)  # overrides on TrainConfig's defaults
 
 
 MODELS: dict[str, ModelSpec] = {
     "seed-mlp": ModelSpec(
         "seed-mlp", SeedMLP, "the original notebook's 784-10-10-10 sigmoid MLP (baseline)",
-        recipe=dict(epochs=10, batch_size=32, lr=1e-3, optimizer="adam", schedule="constant",
-                    label_smoothing=0.0, weight_decay=0.0, augment=0.0, bf16=False, ema=0.0),
+        recipe=dict(epochs=10, batch_size=32, lr=1e-3, optimizer="adam", schedule="constant", warmup=0.2,
+                    label_smoothing=0.0, weight_decay=0.0, augment=0.0, precision="fp32", ema=0.0),
     ),
     "mlp": ModelSpec(
         "mlp", MLP, "784-1024-1024-10 MLP with BN and dropout",
-        recipe=dict(epochs=8, batch_size=256, lr=0.2, optimizer="sgd", schedule="onecycle",
-                    label_smoothing=0.1, weight_decay=5e-4, augment=0.0, bf16="auto", ema=0.0),
+        recipe=dict(batch_size=256, lr=0.2, warmup=0.2, augment=0.0, ema=0.0),
     ),
     "cnn": ModelSpec(
         "cnn", CNN, "stride-2 stem + 2 conv blocks, EMA, light augmentation: the default, 99 %+ in seconds",
         kwargs=dict(stem=32, blocks=[(32, True), (64, True)]),
-        recipe=dict(epochs=8, batch_size=512, lr=0.4, optimizer="sgd", schedule="onecycle", warmup=0.15,
-                    label_smoothing=0.1, weight_decay=5e-4, augment=0.8, bf16="auto", ema=0.99),
+        recipe={},  # TrainConfig's defaults are cnn's recipe
     ),
     "best": ModelSpec(
         "best", CNN, "4-block CNN, 40 epochs of augmentation, EMA, 9-shift TTA: the most accurate single model",
@@ -255,14 +210,12 @@ MODELS: dict[str, ModelSpec] = {
         # (predict from the mean over the 9 one-pixel shifts): +0.024 % test accuracy over 28
         # fresh GPU seeds, 9× the inference cost (BENCHMARKS.md).
         kwargs=dict(stem=32, blocks=[(32, False), (64, True), (128, True), (128, False)], tta=1),
-        recipe=dict(epochs=40, batch_size=512, lr=0.3, optimizer="sgd", schedule="onecycle", warmup=0.15,
-                    label_smoothing=0.1, weight_decay=5e-4, augment=1.0, bf16=False, ema=0.998),
+        recipe=dict(epochs=40, lr=0.3, augment=1.0, precision="fp32", ema=0.998),
     ),
     "compact": ModelSpec(
         "compact", CNN, "3-block, 3.5 M-MAC CNN, 20 epochs of augmentation: the bundled default, ~30k images/s",
         kwargs=dict(stem=32, blocks=[(32, True), (64, True), (128, False)]),
-        recipe=dict(epochs=20, batch_size=512, lr=0.3, optimizer="sgd", schedule="onecycle", warmup=0.15,
-                    label_smoothing=0.1, weight_decay=5e-4, augment=1.0, bf16=True, ema=0.998),
+        recipe=dict(epochs=20, lr=0.3, augment=1.0, precision="bf16", ema=0.998),
     ),
     "ensemble": ModelSpec("ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)"),
 }
@@ -302,57 +255,3 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def as_batch(x: Any) -> torch.Tensor:
-    """NumPy/tensor images → float32 tensor `(N, 1, 28, 28)` in [0, 1] (see `as_batch_array`)."""
-    return torch.from_numpy(as_batch_array(x))
-
-
-def as_batch_array(x: Any) -> np.ndarray:
-    """NumPy/tensor images → float32 C-contiguous array `(N, 1, 28, 28)` in [0, 1], the input every
-    model takes.
-
-    Accepts uint8 0–255 `(N, 28, 28)` / `(N, 784)` / `(N, 1, 28, 28)`, or float 0–1 in the same
-    shapes (the notebook's `x / 255` arrays). Anything else is an `InputError`, not a crash later.
-    Plain NumPy on purpose: a torch op here would wake torch's OpenMP pool, whose spinning threads
-    then slow an ONNX Runtime call that follows by a third.
-    """
-    from digitnet.errors import InputError
-
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # NumPy has no bfloat16
-    a = np.asarray(x)
-    if a.ndim == 2 and a.shape[1] == 784:
-        a = a.reshape(-1, 28, 28)
-    if a.ndim == 3 and tuple(a.shape[1:]) == (28, 28):
-        a = a[:, None]
-    if a.ndim != 4 or tuple(a.shape[1:]) != (1, 28, 28):
-        raise InputError(f"expected images shaped (N, 28, 28) or (N, 784), got {tuple(a.shape)}")
-    if a.dtype == np.uint8:
-        return np.divide(a, np.float32(255.0), dtype=np.float32)
-    if a.dtype.kind != "f":
-        raise InputError(f"expected uint8 0-255 or float 0-1 pixels, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise InputError("pixels contain NaN or infinity")
-    if a.size and (a.min() < 0.0 or a.max() > 1.0):
-        raise InputError("float pixels must lie in [0, 1] (divide uint8 images by 255)")
-    return a
-
-
-@torch.no_grad()
-def batched_logits(model: nn.Module, x: Any, batch_size: int = 4096, bf16: bool = False) -> torch.Tensor:
-    """Logits `(N, 10)` float32 for images `x` (any form `as_batch` accepts), in eval mode."""
-    was_training = model.training
-    model.eval()
-    xb = as_batch(x)
-    out = []
-    batch_size = max(1, batch_size // views_per_image(model))  # TTA: the same number of views per pass
-    for i in range(0, len(xb), batch_size):
-        chunk = xb[i : i + batch_size].contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out.append(model(chunk).float())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 10)

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import typer
 
+from digitnet.cli import predict, serve, train
+
 
 def register(app: typer.Typer) -> None:
-    from digitnet.cli import predict, serve, train
-
     bench_app = typer.Typer(help="Measure speed and memory (figures for BENCHMARKS.md).", no_args_is_help=True)
-    for name, mod in (("train", train), ("predict", predict), ("serve", serve)):
-        func = getattr(mod, f"bench_{name}", None)
-        if func is not None:
-            bench_app.command(name)(func)
+    bench_app.command("train")(train.bench_train)
+    bench_app.command("predict")(predict.bench_predict)
+    bench_app.command("serve")(serve.bench_serve)
     app.add_typer(bench_app, name="bench")

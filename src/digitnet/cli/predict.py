@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from digitnet.cli.options import Backend, JsonOut, Model
 from digitnet.errors import ConfigError, InputError
 
 console = Console(highlight=False)
@@ -22,9 +24,6 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 BATCH = 256  # files decoded and predicted per model call: bounds memory on huge folders
 
-Model = Annotated[str, typer.Option("--model", "-m", help="Run folder, model.pt/.onnx file, or 'default' (bundled).")]
-Backend = Annotated[str, typer.Option("--backend", help="torch | onnx | auto (onnx when an exported model.onnx is beside the checkpoint).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
 def expand_paths(args: list[str]) -> tuple[list[Path], list[str]]:
@@ -65,8 +64,8 @@ def predict_cmd(
     threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: the backend's).")] = None,
 ) -> None:
     """Read the digit in each image."""
-    from digitnet.inference import Predictor
-    from digitnet.preprocess import decode_image
+    from digitnet.inference.predictor import Predictor
+    from digitnet.inference.preprocess import decode_image
 
     if not 1 <= top_k <= 10:
         raise ConfigError("--top-k must be between 1 and 10")
@@ -108,8 +107,6 @@ def _json_row(row: dict) -> dict:
 
 
 def _print_table(rows: list[dict], top_k: int) -> None:
-    from rich.table import Table
-
     table = Table(show_edge=False, header_style="bold")
     table.add_column("file", overflow="fold")  # never cut a path: the user needs all of it
     table.add_column("digit", justify="center")
@@ -132,7 +129,7 @@ def export_cmd(
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
 ) -> None:
     """Export a trained model (ONNX, with calibration in its metadata)."""
-    from digitnet.export import export_onnx
+    from digitnet.inference.export import export_onnx
 
     if fmt.lower() != "onnx":
         raise ConfigError(f"unknown export format {fmt!r}; supported: onnx")
@@ -150,7 +147,7 @@ def bench_predict(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: the backend's).")] = None,
 ) -> None:
     """Prediction speed: batch throughput and single-image latency (model call, end to end from PNG)."""
-    from digitnet.bench_predict import PredictBenchConfig, run_predict_bench
+    from digitnet.bench.predict import PredictBenchConfig, run_predict_bench
 
     cfg = PredictBenchConfig(model=model, backend=backend, n=n, batch_size=batch_size, batch_repeats=repeats,
                              threads=threads)
@@ -158,8 +155,6 @@ def bench_predict(
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
-    from rich.table import Table
-
     env = result["environment"]
     table = Table(title=f"predict: {model} on {env['cpu']} ({env['cpu_count']} CPUs)", header_style="bold")
     for col in ("backend", "images/s (batch)", "model p50 ms", "model p99 ms", "e2e p50 ms", "e2e p99 ms", "load s"):

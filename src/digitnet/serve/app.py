@@ -1,8 +1,9 @@
 """The FastAPI application factory.
 
 `create_app` wires the layers, outermost first: metrics (times and counts every request, refusals
-included) → concurrency cap on /v1/* (503 + Retry-After) → body cap (413, counted on bytes
-received) → FastAPI (JSON error handlers, routes). The model is loaded in the lifespan, in a worker
+included) → body cap (413, counted on the bytes received; buffers the upload) → concurrency cap
+on /v1/* (503 + Retry-After) → FastAPI (JSON error handlers, routers). A slow upload therefore
+never holds one of the bounded prediction slots. The model is loaded in the lifespan, in a worker
 thread, onto `app.state.predictor`; until then /readyz and the predict routes answer 503.
 
 `app_from_env` is the factory uvicorn imports in each worker process (`--workers N`); it reads the
@@ -12,42 +13,33 @@ same settings from `DIGITNET_SERVE_*` environment variables, which `digitnet ser
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
+
+from digitnet import __version__
 from digitnet.errors import ConfigError
-from digitnet.serve.limits import Limits
-from digitnet.serve.metrics import Metrics
+from digitnet.inference.predictor import Predictor
+from digitnet.serve.limits import BodyLimitMiddleware, ConcurrencyLimitMiddleware, Limits
+from digitnet.serve.metrics import MetricsMiddleware
+from digitnet.serve.responses import install_error_handlers
+from digitnet.serve.routers import health, page, predict
+from digitnet.serve.schemas import BatchRequest, PredictRequest
+from digitnet.serve.state import ServeState, attach
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 32
 ENV_PREFIX = "DIGITNET_SERVE_"
 
 
-@dataclass
-class ServeState:
-    """Mutable per-process state shared by middleware and routes (not configuration)."""
-
-    limits: Limits
-    metrics: Metrics = field(default_factory=Metrics)
-    inflight: int = 0  # prediction requests in flight; touched only on the event loop thread
-    model_info: Any = None  # schemas.ModelInfo once the predictor is set
-
-
-def _attach(app: Any, predictor: Any) -> None:
-    from digitnet.serve.schemas import ModelInfo
-
-    app.state.serve.model_info = ModelInfo(name=str(predictor.name), version=str(predictor.version))
-    app.state.predictor = predictor
-
-
-def _openapi(app: Any) -> Any:
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """FastAPI's schema plus the request models that the predict routes read by hand."""
-    from fastapi.openapi.utils import get_openapi
-
-    from digitnet.serve.schemas import BatchRequest, PredictRequest
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -65,8 +57,8 @@ def _openapi(app: Any) -> Any:
 
 
 def create_app(model: str | Path = "default", *, max_body_bytes: int = DEFAULT_MAX_BODY,
-               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, predictor: Any = None,
-               backend: str = "auto", threads: int | None = 1, retry_after_s: int = 1) -> Any:
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, predictor: Predictor | None = None,
+               backend: str = "auto", threads: int | None = 1, retry_after_s: int = 1) -> FastAPI:
     """Build the service. `predictor` (a ready `Predictor`, or a test double) skips loading `model`.
 
     `backend` is `Predictor.load`'s: "auto" runs ONNX Runtime when an up-to-date model.onnx sits
@@ -74,30 +66,16 @@ def create_app(model: str | Path = "default", *, max_body_bytes: int = DEFAULT_M
     intra-op thread count: 1 suits a server, where concurrency comes from requests running side by
     side (and from `--workers`).
     """
-    from fastapi import FastAPI
-    from fastapi.staticfiles import StaticFiles
-
-    from digitnet import __version__
-    from digitnet.serve import routes_health, routes_predict
-    from digitnet.serve.limits import BodyLimitMiddleware, ConcurrencyLimitMiddleware
-    from digitnet.serve.metrics import MetricsMiddleware
-    from digitnet.serve.responses import install_error_handlers
-
     limits = Limits(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency, retry_after_s=retry_after_s)
     state = ServeState(limits=limits)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        import anyio.to_thread
-
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, limits.max_concurrency)
         if app.state.predictor is None:
-            from digitnet.inference import Predictor
-
-            loaded = await anyio.to_thread.run_sync(
-                lambda: Predictor.load(model, backend=backend, threads=threads))
-            _attach(app, loaded)
+            loaded = await anyio.to_thread.run_sync(lambda: Predictor.load(model, backend=backend, threads=threads))
+            attach(app.state, loaded)
         yield
 
     app = FastAPI(
@@ -109,22 +87,21 @@ def create_app(model: str | Path = "default", *, max_body_bytes: int = DEFAULT_M
     app.state.serve = state
     app.state.predictor = None
     if predictor is not None:
-        _attach(app, predictor)
+        attach(app.state, predictor)
     install_error_handlers(app)
-    app.include_router(routes_predict.router)
-    app.include_router(routes_health.router)
-    app.mount("/static", StaticFiles(directory=routes_health.STATIC_DIR), name="static")
-    app.openapi = _openapi(app)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
     # add_middleware puts each new layer outside the previous one: the last added runs first.
-    # Outermost first: metrics → body cap (buffers the upload) → concurrency slot → routes, so a
-    # slow upload never holds one of the bounded prediction slots.
     app.add_middleware(ConcurrencyLimitMiddleware, limits=limits, state=state)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 
 
-def _env_int(name: str, default: int | None) -> int | None:
+def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(ENV_PREFIX + name, "")
     if not raw:
         return default
@@ -134,12 +111,12 @@ def _env_int(name: str, default: int | None) -> int | None:
         raise ConfigError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
 
 
-def app_from_env() -> Any:
+def app_from_env() -> FastAPI:
     """uvicorn factory (`digitnet.serve.app:app_from_env`): settings from DIGITNET_SERVE_* vars."""
     return create_app(
         os.environ.get(ENV_PREFIX + "MODEL", "default"),
-        max_body_bytes=_env_int("MAX_BODY_BYTES", DEFAULT_MAX_BODY) or DEFAULT_MAX_BODY,
-        max_concurrency=_env_int("MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY) or DEFAULT_MAX_CONCURRENCY,
+        max_body_bytes=_env_int("MAX_BODY_BYTES", DEFAULT_MAX_BODY),
+        max_concurrency=_env_int("MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY),
         backend=os.environ.get(ENV_PREFIX + "BACKEND", "auto"),
         threads=_env_int("THREADS", 1),
     )

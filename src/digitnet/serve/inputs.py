@@ -9,11 +9,13 @@ data and pixel bombs are 422 (`InputError` from `digitnet.preprocess.decode_imag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from digitnet.errors import InputError
+from digitnet.inference.predictor import Prediction, Predictor
+from digitnet.inference.preprocess import MIN_CONTRAST, decode_image, preprocess
 from digitnet.serve.responses import HTTPError
 from digitnet.serve.schemas import PredictRequest, decode_base64, pixels_to_array
 
@@ -65,10 +67,8 @@ def item_from_request(req: PredictRequest, label: str = "image") -> Item:
         raise InputError(f"{label}: {exc}" if label != "image" else str(exc)) from None
 
 
-def decode_item(item: Item, max_bytes: int) -> Any:
+def decode_item(item: Item, max_bytes: int) -> Image.Image | np.ndarray:
     """Item → what the predictor takes: a PIL image, or the (28, 28) array. Raises 415 / 422."""
-    from digitnet.preprocess import decode_image
-
     if item.pixels is not None:
         return item.pixels
     data = item.data or b""
@@ -85,36 +85,22 @@ def decode_item(item: Item, max_bytes: int) -> Any:
         raise InputError(f"{item.label}: {message}") from None
 
 
-def predict_items(predictor: Any, items: list[Item], max_bytes: int) -> list[Any]:
-    """Decode every item, then run the model once for raw pixels and once for images; input order kept.
+def predict_items(predictor: Predictor, items: list[Item], max_bytes: int) -> list[Prediction]:
+    """Decode and preprocess every item, then run the model once for all of them; input order kept.
 
     Runs in a worker thread: decoding and inference are CPU-bound and must not block the event loop.
     """
-    from digitnet.preprocess import preprocess
-
     # Each image is reduced to its 28x28 field before the next is decoded: a batch of large,
     # highly compressible images never holds more than one full-size bitmap in memory.
-    decoded: list[Any] = []
+    fields: list[np.ndarray] = []  # (28, 28) float32 in [0, 1] each
+    empty: list[bool] = []
     for it in items:
         img = decode_item(it, max_bytes)
-        if not (it.pixels is not None and not it.preprocess):
-            img = preprocess(img)
-        decoded.append(img)
-    raw = [i for i, it in enumerate(items) if it.pixels is not None and not it.preprocess]
-    raw_set = set(raw)
-    rest = [i for i in range(len(items)) if i not in raw_set]
-    out: list[Any] = [None] * len(items)
-    if raw:
-        from digitnet.preprocess import MIN_CONTRAST
-
-        batch = np.stack([decoded[i] for i in raw])  # (N, 28, 28) float32 in [0, 1]
-        # No ink at all is reported as empty, not classified (as the photo pipeline does).
-        empty = [bool(a.max() < MIN_CONTRAST) for a in batch]
-        for i, pred in zip(raw, predictor.predict_arrays(batch, empty=empty), strict=True):
-            out[i] = pred
-    if rest:
-        fields = np.stack([decoded[i].image for i in rest])  # (N, 28, 28), already preprocessed
-        empty = [decoded[i].empty for i in rest]
-        for i, pred in zip(rest, predictor.predict_arrays(fields, empty=empty), strict=True):
-            out[i] = pred
-    return out
+        if it.pixels is not None and not it.preprocess:  # MNIST-form pixels, fed as they are
+            fields.append(it.pixels)
+            empty.append(bool(it.pixels.max() < MIN_CONTRAST))  # no ink: empty, as for photos
+        else:
+            done = preprocess(img)
+            fields.append(done.image)
+            empty.append(done.empty)
+    return predictor.predict_arrays(np.stack(fields), empty=empty)

@@ -35,6 +35,10 @@ class Limits:
         if not 1 <= self.retry_after_s <= 3600:
             raise ConfigError(f"retry_after_s must be between 1 and 3600, got {self.retry_after_s}")
 
+    def retry_after(self) -> dict[str, str]:
+        """The header every 503 carries: when to try again."""
+        return {"Retry-After": str(self.retry_after_s)}
+
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
@@ -121,7 +125,7 @@ class ConcurrencyLimitMiddleware:
         if self.state.inflight >= self.limits.max_concurrency:
             self.state.metrics.observe_rejected()
             await send_error(send, 503, "overloaded", "the server is busy; retry shortly",
-                             {"Retry-After": str(self.limits.retry_after_s)}, close=True)
+                             self.limits.retry_after(), close=True)
             return
         self.state.inflight += 1
         try:

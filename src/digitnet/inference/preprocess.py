@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from digitnet.errors import InputError
+from digitnet.utils import first_line
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -75,7 +76,7 @@ def decode_image(source: bytes | str | Path, *, formats: tuple[str, ...] = ACCEP
             size = f"{int(found.group(1)):,} pixels" if found else "its size"
             raise _fail(f"{label}: {size} is over the {max_pixels:,}-pixel limit (decompression-bomb guard)") from None
         except Exception as exc:  # a header Pillow recognised but could not parse
-            raise _fail(f"{label}: corrupt {names} header ({_first_line(exc)})") from None
+            raise _fail(f"{label}: corrupt {names} header ({first_line(exc, 160)})") from None
         w, h = img.size
         if w < 1 or h < 1:
             raise _fail(f"{label}: image has no pixels ({w}x{h})")
@@ -90,13 +91,8 @@ def decode_image(source: bytes | str | Path, *, formats: tuple[str, ...] = ACCEP
         except InputError:
             raise
         except Exception as exc:  # truncated data, bad compression stream, …
-            raise _fail(f"{label}: cannot decode {img.format or 'image'} data ({_first_line(exc)})") from None
+            raise _fail(f"{label}: cannot decode {img.format or 'image'} data ({first_line(exc, 160)})") from None
     return _to_8bit(img)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -132,7 +128,7 @@ def to_gray(img: Image.Image | np.ndarray) -> np.ndarray:
     if a.dtype == np.bool_:
         a = a.astype(np.float32)
     if a.ndim == 3 and a.shape[2] in (3, 4) and a.shape[0] > 4:  # (H, W, C)
-        a = _unit(a)
+        a = unit_pixels(a)
         gray = a[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         if a.shape[2] == 4:
             alpha = a[..., 3]
@@ -142,19 +138,19 @@ def to_gray(img: Image.Image | np.ndarray) -> np.ndarray:
         a = a[0]
     if a.ndim != 2 or a.size == 0:
         raise InputError(f"expected a 2-D grayscale or (H, W, 3|4) colour image, got shape {a.shape}")
-    return _unit(a)
+    return unit_pixels(a)
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
-    """uint8 0–255 → /255; float must already lie in [0, 1]."""
+def unit_pixels(a: np.ndarray) -> np.ndarray:
+    """The one pixel check: uint8 0–255 → float32 /255; floats must be finite and in [0, 1]."""
     if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if not np.issubdtype(a.dtype, np.floating):
+        return np.divide(a, np.float32(255.0), dtype=np.float32)
+    if a.dtype.kind != "f":
         raise InputError(f"expected uint8 0-255 or float 0-1 pixels, got dtype {a.dtype}")
-    a = a.astype(np.float32)
+    a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
         raise InputError("pixels contain NaN or infinity")
-    if a.min() < 0.0 or a.max() > 1.0:
+    if a.size and (a.min() < 0.0 or a.max() > 1.0):
         raise InputError("float pixels must lie in [0, 1] (divide uint8 images by 255)")
     return a
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +26,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from digitnet.errors import ConfigError, DigitnetError
+from digitnet.bench.common import free_port, wait_ready
+from digitnet.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 REQUEST_TIMEOUT_S = 10.0  # a request with no answer by then is an error (and its connection is dropped)
@@ -102,10 +104,8 @@ def good_requests(host: str, n: int = 16, seed: int = 0) -> list[bytes]:
 
 def bad_requests(host: str) -> list[tuple[str, bytes]]:
     """One request per bad-input class, each answered with a 4xx by a healthy server."""
-    from PIL import Image
 
-    def png(size=(28, 28)) -> bytes:
-        import io
+    def png(size: tuple[int, int] = (28, 28)) -> bytes:
         buf = io.BytesIO()
         Image.new("L", size, 0).save(buf, "PNG")
         return buf.getvalue()
@@ -219,30 +219,6 @@ async def _drive(cfg: ServeBenchConfig, host: str, port: int, deadline: float, l
     stats["elapsed_s"] = round(elapsed, 3)
     stats["latencies"] = lat
     return stats
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the tests start servers the same way)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port: int, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
-    """Poll /readyz until the server on `port` answers 200; fail early if `proc` exits."""
-    import httpx
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip()[-500:] if proc.stderr else ""
-            raise DigitnetError(f"the server exited with code {proc.returncode} before it was ready"
-                                + (f": {err}" if err else ""))
-        with contextlib.suppress(httpx.HTTPError):  # not listening yet
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise DigitnetError(f"the server on port {port} was not ready after {timeout:.0f} s")
 
 
 def start_server(cfg: ServeBenchConfig, port: int) -> subprocess.Popen:

@@ -7,18 +7,19 @@ canvas, so they render headless and never touch a GUI backend or global pyplot s
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def new_figure(width: float, height: float, dpi: int = 100) -> Any:
     """A pyplot-free Figure on an Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -26,8 +27,6 @@ def new_figure(width: float, height: float, dpi: int = 100) -> Any:
 
 def fig_to_png(fig: Any) -> bytes:
     """Render a Figure to PNG bytes (Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     buf = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buf)
     return buf.getvalue()
@@ -66,8 +65,6 @@ def error_image(err: dict[str, Any], images: Any = None) -> np.ndarray:
     """The (28, 28) image of one error: images[err["index"]], or its base64 "pixels" (uint8 bytes)."""
     if images is not None:
         return np.asarray(images[err["index"]]).reshape(28, 28)
-    import base64
-
     return np.frombuffer(base64.b64decode(err["pixels"]), dtype=np.uint8).reshape(28, 28)
 
 
@@ -122,8 +119,6 @@ def plot_calibration(calib: dict[str, Any], ax: Any = None) -> Any:
 
 def plot_curves(history: Sequence[dict[str, Any]]) -> Any:
     """Loss and accuracy per epoch (train and, where present, validation)."""
-    from matplotlib.ticker import MaxNLocator
-
     fig = new_figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
     if not history:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import http.client
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from digitnet.data.idx import read_idx_digest
 from digitnet.errors import ConfigError, DatasetError
-from digitnet.idx import read_idx_digest
-from digitnet.utils import atomic_write_bytes
+from digitnet.utils import atomic_write_bytes, say
 
 DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -26,13 +25,6 @@ DEFAULT_MIRRORS = (
 )
 MAX_FILE_BYTES = 256 << 20  # any one MNIST-shaped file, decompressed; the real largest is 47 MB
 MAX_DOWNLOAD_BYTES = 64 << 20  # any one compressed download; the real largest is 9.9 MB
-
-
-def _say(console: Any, msg: str) -> None:
-    if console is not None:
-        console.print(msg, markup=False, highlight=False)
-    else:
-        print(msg, file=sys.stderr)
 
 
 def mirrors() -> list[str]:
@@ -93,7 +85,7 @@ def download(cache: Path, keys: list[str], console: Any, expected: dict[str, str
         errors = []
         for base in mirrors():
             url = base + key + ".gz"
-            _say(console, f"downloading {url}")
+            say(console, f"downloading {url}")
             try:
                 body = _fetch(url, timeout, retries)
                 _, digest = read_idx_digest(body, key + ".gz", max_bytes=MAX_FILE_BYTES)

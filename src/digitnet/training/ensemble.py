@@ -8,16 +8,16 @@ from typing import Any
 
 import numpy as np
 
+import digitnet.training.runfolder as runfolder
+from digitnet.checkpoint import load_checkpoint
+from digitnet.data import TestSplit
 from digitnet.errors import ConfigError
+from digitnet.inference.batching import batched_logits
+from digitnet.models import Ensemble, count_parameters
 
 
-def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[str, Any]:
+def build_ensemble(runs: list[str | Path], out: str | Path, data: TestSplit) -> dict[str, Any]:
     """Load each run, wrap them in `models.Ensemble`, score on the test set, write `out`."""
-    from digitnet import runfolder
-    from digitnet.checkpoint import load_checkpoint, save_checkpoint
-    from digitnet.models import Ensemble, batched_logits, count_parameters
-    from digitnet.utils import atomic_write_json
-
     if len(runs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
     loaded = [load_checkpoint(r) for r in runs]
@@ -46,13 +46,11 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: Any) -> dict[s
         "val_accuracy": None, "train_seconds": sum(float(m.meta.get("train_seconds", 0) or 0) for m in loaded),
         "epochs": 0, "seed": None, "parameters": count_parameters(model), "temperature": 1.0,
         "unsure_threshold": float(np.mean([m.unsure_threshold for m in loaded])),
-        "dataset": getattr(data, "name", "unknown"), "finished": runfolder.now_iso(),
+        "dataset": data.name, "finished": runfolder.now_iso(),
     }
     config = {"model": "ensemble", "members": members}
-    save_checkpoint(out / "model.pt", model, model_name="ensemble", model_kwargs={"members": members},
-                    config=config, temperature=1.0, unsure_threshold=metrics["unsure_threshold"],
-                    meta={"test_accuracy": metrics["test_accuracy"], "members": metrics["members"]})
-    runfolder.write_history(out / "history.csv", [])
-    runfolder.write_manifest(out, config=config, data=data, started=started, finished=metrics["finished"])
-    atomic_write_json(out / "metrics.json", metrics)
+    runfolder.write_run(out, model, model_name="ensemble", model_kwargs={"members": members}, config=config,
+                        temperature=1.0, unsure_threshold=metrics["unsure_threshold"], metrics=metrics, history=[],
+                        data=data.summary(), started=started,
+                        checkpoint_meta={"test_accuracy": metrics["test_accuracy"], "members": metrics["members"]})
     return metrics

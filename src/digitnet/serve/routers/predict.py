@@ -2,7 +2,8 @@
 
 Each takes JSON (`PredictRequest` / `BatchRequest`) or multipart (field `file`, or repeated `files`
 for a batch). The handlers are async only to read the body; decoding and inference run in the
-threadpool (`run_in_threadpool`), bounded by `ConcurrencyLimitMiddleware`. Responses are built with
+threadpool (`run_in_threadpool`), bounded by `ConcurrencyLimitMiddleware`; the predictor comes
+from the `get_predictor` dependency. Responses are built with
 `model_construct` and serialised by pydantic-core directly: the values come from the model, so
 re-validating 784 floats per request would be pure overhead.
 """
@@ -12,10 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
+from digitnet.inference.predictor import Prediction, Predictor
 from digitnet.serve.inputs import Item, item_from_request, predict_items
 from digitnet.serve.responses import HTTPError, validation_message
 from digitnet.serve.schemas import (
@@ -27,6 +33,7 @@ from digitnet.serve.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from digitnet.serve.state import ServeState, get_predictor, get_state
 
 router = APIRouter(tags=["predict"])
 
@@ -48,13 +55,6 @@ def _body_doc(schema: type, field: str, many: bool) -> dict[str, Any]:
     }}}
 
 
-def _predictor(request: Request) -> Any:
-    predictor = request.app.state.predictor
-    if predictor is None:
-        raise HTTPError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
-    return predictor
-
-
 async def _read_items(request: Request, *, batch: bool) -> list[Item]:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":
@@ -73,10 +73,6 @@ async def _read_items(request: Request, *, batch: bool) -> list[Item]:
 
 
 async def _read_files(request: Request, field: str, max_files: int) -> list[Item]:
-    from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException
-    from starlette.formparsers import MultiPartException
-
     try:
         form = await request.form(max_files=max_files, max_fields=16)
     except (HTTPException, MultiPartException) as exc:
@@ -97,7 +93,7 @@ async def _read_files(request: Request, field: str, max_files: int) -> list[Item
         await form.close()
 
 
-def _to_response(pred: Any, info: ModelInfo) -> PredictResponse:
+def _to_response(pred: Prediction, info: ModelInfo) -> PredictResponse:
     return PredictResponse.model_construct(
         digit=pred.digit, confidence=round(float(pred.confidence), 6),
         probabilities=np.round(np.asarray(pred.probabilities, dtype=np.float64), 6).tolist(),
@@ -106,34 +102,30 @@ def _to_response(pred: Any, info: ModelInfo) -> PredictResponse:
     )
 
 
-async def _run(request: Request, items: list[Item]) -> tuple[list[Any], ModelInfo]:
-    from starlette.concurrency import run_in_threadpool
-
-    predictor = _predictor(request)
-    state = request.app.state.serve
+async def _run(predictor: Predictor, state: ServeState, items: list[Item]) -> tuple[list[Prediction], ModelInfo]:
     preds = await run_in_threadpool(predict_items, predictor, items, state.limits.max_body_bytes)
     state.metrics.observe_predictions(preds)
-    return preds, state.model_info
+    return preds, state.model_info or ModelInfo(name=str(predictor.name), version=str(predictor.version))
 
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,
              openapi_extra=_body_doc(PredictRequest, "file", many=False),
              summary="Classify one image (JSON pixels, JSON base64 image, or multipart `file`)")
-async def predict(request: Request) -> Response:
-    _predictor(request)  # refuse before reading the body when not ready
+async def predict(request: Request, predictor: Predictor = Depends(get_predictor),
+                  state: ServeState = Depends(get_state)) -> Response:
     items = await _read_items(request, batch=False)
-    preds, info = await _run(request, items)
+    preds, info = await _run(predictor, state, items)
     return Response(_to_response(preds[0], info).model_dump_json(), media_type="application/json")
 
 
 @router.post("/v1/predict/batch", response_model=BatchResponse, responses=ERRORS,
              openapi_extra=_body_doc(BatchRequest, "files", many=True),
              summary=f"Classify up to {MAX_BATCH} images (JSON `items`, or multipart repeated `files`)")
-async def predict_batch(request: Request) -> Response:
-    _predictor(request)
+async def predict_batch(request: Request, predictor: Predictor = Depends(get_predictor),
+                        state: ServeState = Depends(get_state)) -> Response:
     items = await _read_items(request, batch=True)
     if len(items) > MAX_BATCH:  # multipart: the parser stops at MAX_BATCH files, JSON at max_length
         raise HTTPError(422, "invalid_input", f"at most {MAX_BATCH} images per batch, got {len(items)}")
-    preds, info = await _run(request, items)
+    preds, info = await _run(predictor, state, items)
     body = BatchResponse.model_construct(model=info, predictions=[_to_response(p, info) for p in preds])
     return Response(body.model_dump_json(), media_type="application/json")

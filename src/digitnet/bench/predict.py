@@ -9,8 +9,6 @@ Inputs are synthetic (speed does not depend on pixel values), so no dataset is n
 
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -18,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
+from digitnet.bench.common import environment, ms, timed
 from digitnet.errors import ConfigError
-from digitnet.utils import cpu_name
+from digitnet.inference.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,8 @@ class PredictBenchConfig:
             raise ConfigError("threads must be >= 1")
 
 
-def _ms(times: list[float], q: float) -> float:
-    return round(float(np.percentile(np.asarray(times) * 1e3, q)), 4)
-
-
 def _digit_png(path: Path) -> None:
     """A 240×180 photo-like PNG of a hand-drawn "7": dark strokes on light, noisy paper."""
-    from PIL import Image, ImageDraw, ImageFilter
-
     rng = np.random.default_rng(0)
     img = Image.new("L", (240, 180), 230)
     draw = ImageDraw.Draw(img)
@@ -58,56 +52,25 @@ def _digit_png(path: Path) -> None:
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path)
 
 
-def _timed(fn: Any, repeats: int, warmup: int) -> list[float]:
-    """Seconds per call of `fn()`, after `warmup` untimed calls (allocator, thread pools, ORT)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
-
-
-def bench_backend(predictor: Any, cfg: PredictBenchConfig, png: Path) -> dict[str, Any]:
+def bench_backend(predictor: Predictor, cfg: PredictBenchConfig, png: Path) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (cfg.batch_size, 28, 28), dtype=np.uint8)
     one = batch[:1]
-    batch_times = _timed(lambda: predictor.predict_proba(batch), cfg.batch_repeats, warmup=3)
-    single = _timed(lambda: predictor.predict_proba(one), cfg.n, warmup=50)
-    e2e = _timed(lambda: predictor.predict_file(png), cfg.n, warmup=20)
+    batch_times = timed(lambda: predictor.predict_proba(batch), cfg.batch_repeats, warmup=3)
+    single = timed(lambda: predictor.predict_proba(one), cfg.n, warmup=50)
+    e2e = timed(lambda: predictor.predict_file(png), cfg.n, warmup=20)
     return {
         "backend": predictor.backend, "model": predictor.name, "version": predictor.version,
         "batch_size": cfg.batch_size, "images_per_s": round(cfg.batch_size / float(np.median(batch_times)), 1),
-        "batch_ms_p50": _ms(batch_times, 50),
-        "latency_p50_ms": _ms(single, 50), "latency_p99_ms": _ms(single, 99),
-        "e2e_p50_ms": _ms(e2e, 50), "e2e_p99_ms": _ms(e2e, 99),
+        "batch_ms_p50": ms(batch_times, 50),
+        "latency_p50_ms": ms(single, 50), "latency_p99_ms": ms(single, 99),
+        "e2e_p50_ms": ms(e2e, 50), "e2e_p99_ms": ms(e2e, 99),
         "n": cfg.n, "batch_repeats": cfg.batch_repeats,
     }
 
 
-def environment(threads: int | None) -> dict[str, Any]:
-    import torch
-
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "threads_requested": threads}
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        env["onnxruntime"] = None
-    if hasattr(os, "getloadavg"):
-        env["load_average_1m"] = round(os.getloadavg()[0], 2)
-    return env
-
-
 def run_predict_bench(cfg: PredictBenchConfig) -> dict[str, Any]:
     """Benchmark each requested backend; returns {"results": [per-backend dict], "environment": {...}}."""
-    from digitnet.inference import Predictor
-
     backends = ["torch", "onnx"] if cfg.backend == "all" else [cfg.backend]
     results = []
     with tempfile.TemporaryDirectory(prefix="digitnet-bench-") as tmp:

@@ -1,6 +1,6 @@
 """The evaluation report: JSON, PNG figures and one self-contained HTML page in the run folder.
 
-`write_report(run, metrics)` takes the dict from `digitnet.evaluate.evaluate_run` and writes,
+`write_report(run, metrics)` takes the dict from `digitnet.evaluation.evaluate.evaluate_run` and writes,
 each file atomically: report.json, confusion_matrix.json, confusion_matrix.png, misclassified.png,
 calibration.png, curves.png and report.html (figures embedded as data URIs, so the page can be
 mailed or archived on its own).
@@ -14,14 +14,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from digitnet.plots import (
+from digitnet.evaluation.plots import (
     fig_to_png,
     plot_calibration,
     plot_confusion_matrix,
     plot_curves,
     plot_misclassified,
 )
-from digitnet.runfolder import read_history
+from digitnet.training.runfolder import read_history
 from digitnet.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FIGURES = {

@@ -10,15 +10,20 @@ the ONNX backend of `Predictor` needs nothing but the .onnx file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
+import onnx
+import torch
+
+from digitnet.checkpoint import LoadedModel, checkpoint_version, file_sha256, load_checkpoint
 from digitnet.errors import ModelError
-from digitnet.utils import atomic_write_bytes
+from digitnet.inference.folding import fold_for_inference
+from digitnet.models import views_per_image
+from digitnet.utils import atomic_write_bytes, first_line
 
 OPSET = 18
 FORMAT = "digitnet-onnx/1"
@@ -26,14 +31,8 @@ INPUT, OUTPUT = "x", "logits"
 MAX_VIEWS = 25  # test-time augmentation copies per image: tta=2 at most (models.CNN)
 
 
-def onnx_bytes(loaded: Any, *, opset: int = OPSET) -> bytes:
+def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
     """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel`."""
-    import onnx
-    import torch
-
-    from digitnet.inference import _checkpoint_version
-    from digitnet.models import fold_for_inference, views_per_image
-
     model = fold_for_inference(loaded.model.float().eval())  # BN folded: ORT fuses Conv+ReLU
     example = torch.zeros(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
@@ -47,16 +46,16 @@ def onnx_bytes(loaded: Any, *, opset: int = OPSET) -> bytes:
                                         dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
                                         verbose=False)
     except Exception as exc:
-        raise ModelError(f"ONNX export of {loaded.name!r} failed: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(f"ONNX export of {loaded.name!r} failed: {first_line(exc)}") from None
     finally:
         quiet.setLevel(level)
     proto = program.model_proto
     meta = {"digitnet.format": FORMAT, "digitnet.model": loaded.name,
             "digitnet.temperature": repr(float(loaded.temperature)),
             "digitnet.unsure_threshold": repr(float(loaded.unsure_threshold)),
-            "digitnet.version": _checkpoint_version(loaded),
+            "digitnet.version": checkpoint_version(loaded),
             "digitnet.views": str(views_per_image(loaded.model))}  # test-time augmentation copies per image
-    if getattr(loaded, "path", None):  # lets `Predictor.load(backend="auto")` spot a stale export
+    if loaded.path is not None:  # lets `Predictor.load(backend="auto")` spot a stale export
         meta["digitnet.checkpoint_sha256"] = file_sha256(loaded.path)
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -66,18 +65,8 @@ def onnx_bytes(loaded: Any, *, opset: int = OPSET) -> bytes:
     return proto.SerializeToString()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
     """digitnet's metadata from serialized ONNX: model, version, temperature, unsure_threshold, views."""
-    import onnx
-
     try:
         proto = onnx.load_model_from_string(data)
     except Exception:
@@ -106,8 +95,6 @@ def export_onnx(model_spec: str | Path, out: str | Path | None = None, *, opset:
 
     Written atomically (temp file + rename), so a reader never sees a half-written model.
     """
-    from digitnet.checkpoint import load_checkpoint
-
     loaded = load_checkpoint(model_spec)
     target = Path(out).expanduser() if out is not None else Path(loaded.path).with_suffix(".onnx")
     if target.is_dir():

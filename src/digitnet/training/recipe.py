@@ -1,4 +1,4 @@
-"""The pieces of a training recipe that the loop in `train.py` composes: batch augmentation,
+"""The pieces of a training recipe that the loop in `loop.py` composes: batch augmentation,
 the learning-rate schedule, the optimizer, the weight EMA, distillation, and the choice of precision."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import json
 import math
 import statistics
 import time
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitnet.checkpoint import load_checkpoint
+from digitnet.data import cache_dir
 from digitnet.models import single_view
-
-if TYPE_CHECKING:
-    from digitnet.train import TrainConfig
+from digitnet.training.config import Precision, TrainConfig
+from digitnet.utils import atomic_write_json, cpu_name
 
 
 def random_affine(x: torch.Tensor, strength: float, gen: torch.Generator, elastic: float = 0.0) -> torch.Tensor:
@@ -56,8 +56,6 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
-
         self.decay = decay
         self.module = copy.deepcopy(model).requires_grad_(False)
 
@@ -111,8 +109,6 @@ class Teacher:
     """
 
     def __init__(self, spec: str, device: torch.device, weight: float) -> None:
-        from digitnet.checkpoint import load_checkpoint
-
         loaded = load_checkpoint(spec)
         self.model = loaded.model.to(device).to(memory_format=torch.channels_last).requires_grad_(False).eval()
         self.weight = weight
@@ -128,10 +124,10 @@ class Teacher:
 BF16_MIN_SPEEDUP = 1.15  # "auto" takes bf16 only when a step is at least this much faster
 
 
-def resolve_bf16(setting: bool | str, model: nn.Module, device: torch.device, batch_size: int,
+def resolve_bf16(setting: Precision, model: nn.Module, device: torch.device, batch_size: int,
                  network: str = "") -> bool:
-    """Whether a run trains under bf16 autocast. True/False are obeyed; "auto" means bf16 AMP on
-    CUDA, and on a CPU a timing probe: a few training steps of `model` in fp32 and in bf16.
+    """Whether a run trains under bf16 autocast. "bf16"/"fp32" are obeyed; "auto" means bf16 AMP
+    on CUDA, and on a CPU a timing probe: a few training steps of `model` in fp32 and in bf16.
 
     Whether bf16 pays on a CPU depends on the chip and the network: `cnn` trained 1.6× faster in bf16
     on a Zen 4 EPYC and 1.4× slower on a Xeon without AMX (BENCHMARKS.md). The answer is cached per
@@ -139,12 +135,9 @@ def resolve_bf16(setting: bool | str, model: nn.Module, device: torch.device, ba
     precision and a seed still gives the same weights.
     """
     if setting != "auto":
-        return bool(setting)
+        return setting == "bf16"
     if device.type != "cpu":
         return device.type == "cuda"
-    from digitnet.data import cache_dir
-    from digitnet.utils import atomic_write_json, cpu_name
-
     path = cache_dir().parent / "precision.json"
     key = (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
            f"{network or type(model).__name__} | batch {batch_size}")

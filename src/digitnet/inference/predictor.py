@@ -1,0 +1,222 @@
+"""One path for a prediction: `Predictor`, over a torch module or an ONNX Runtime session.
+
+Probabilities are calibrated (`calibration.softmax(logits / temperature)`), a prediction under the
+run's `unsure_threshold` is flagged `unsure`, and an image with no ink is `empty`: reported, never
+classified. Loading is one trip downward: `checkpoint.load_checkpoint` for the weights, then
+either `folding.fast_module` (torch) or `onnx_session` (ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from torch import nn
+
+from digitnet.checkpoint import checkpoint_version, file_sha256, load_checkpoint, resolve_model_path
+from digitnet.errors import ConfigError, ModelError
+from digitnet.inference.batching import as_batch_array
+from digitnet.inference.calibration import softmax
+from digitnet.inference.export import onnx_bytes, read_metadata
+from digitnet.inference.folding import fast_module
+from digitnet.inference.preprocess import MIN_CONTRAST, as_mnist, decode_image, preprocess
+from digitnet.models import views_per_image
+from digitnet.utils import first_line
+
+BACKENDS = ("auto", "torch", "onnx")
+CHUNK = 4096  # images per model call: bounds memory for huge inputs
+
+RunLogits = Callable[[np.ndarray], np.ndarray]  # float32 (N, 1, 28, 28) in [0, 1] → logits (N, 10)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    digit: int | None  # None when the image is empty
+    confidence: float  # calibrated probability of `digit` (0.0 when empty)
+    probabilities: list[float]  # 10 calibrated probabilities (all 0.0 when empty)
+    unsure: bool  # confidence below the model's threshold, or empty
+    empty: bool  # no ink found
+    image: np.ndarray  # (28, 28) float32: what the model saw
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digit": self.digit, "confidence": self.confidence, "probabilities": list(self.probabilities),
+                "unsure": self.unsure, "empty": self.empty}
+
+
+def onnx_session(data: bytes, source: str, threads: int | None = None) -> ort.InferenceSession:
+    """The one ONNX Runtime session builder: CPU, full graph optimisation, `threads` intra-op
+    threads (None = one per core)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or 0  # 0 = ONNX Runtime's default (one per core)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"{source}: ONNX Runtime cannot load it ({first_line(exc)})") from None
+
+
+def torch_logits(net: nn.Module) -> RunLogits:
+    """`RunLogits` over an eval-mode torch module, without autograd."""
+
+    def run_logits(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            xb = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)  # (N, 1, 28, 28)
+            return net(xb).float().numpy()
+
+    return run_logits
+
+
+class Predictor:
+    """Calibrated digit predictions from a run folder, a model file, or the bundled "default"."""
+
+    def __init__(self, *, run_logits: RunLogits, name: str, version: str, temperature: float,
+                 unsure_threshold: float, backend: str, source: str = "", views: int = 1) -> None:
+        self._run_logits = run_logits
+        self._chunk = max(1, CHUNK // max(1, int(views)))  # a TTA model runs `views` copies of each image
+        self.name, self.version, self.backend, self.source = name, version, backend, source
+        self.temperature, self.unsure_threshold = float(temperature), float(unsure_threshold)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ModelError(f"model {name!r}: temperature must be a positive number, got {temperature}")
+
+    @classmethod
+    def from_module(cls, net: nn.Module, *, name: str, version: str, temperature: float,
+                    unsure_threshold: float, source: str = "") -> Predictor:
+        """A torch-backend predictor over an in-memory network (e.g. a just-fitted one)."""
+        net = net.eval()
+        return cls(run_logits=torch_logits(net), name=name, version=version, temperature=temperature,
+                   unsure_threshold=unsure_threshold, backend="torch", source=source, views=views_per_image(net))
+
+    @classmethod
+    def load(cls, model: str | Path = "default", backend: str = "auto", threads: int | None = None) -> Predictor:
+        """backend: "torch", "onnx" (ONNX Runtime), or "auto" = onnx when `model` is an .onnx file or
+        an export of this very checkpoint sits beside it as model.onnx, else torch. ONNX Runtime is
+        the faster of the two on CPU (see BENCHMARKS.md)."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if threads is not None and threads < 1:
+            raise ConfigError("threads must be >= 1")
+        onnx_file = _onnx_beside(model)
+        if backend == "auto":
+            backend = "onnx" if onnx_file is not None else "torch"
+        if backend == "onnx":
+            return cls._load_onnx(model, onnx_file, threads)
+        if str(model).endswith(".onnx"):
+            raise ModelError(f"{model}: an .onnx file runs only with backend 'onnx'")
+        return cls._load_torch(model, threads)
+
+    @classmethod
+    def _load_torch(cls, model: str | Path, threads: int | None) -> Predictor:
+        if threads is not None:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
+        loaded = load_checkpoint(model)
+        return cls(run_logits=torch_logits(fast_module(loaded.model.eval())), name=loaded.name,
+                   version=checkpoint_version(loaded), temperature=loaded.temperature,
+                   unsure_threshold=loaded.unsure_threshold, backend="torch", source=str(loaded.path),
+                   views=views_per_image(loaded.model))
+
+    @classmethod
+    def _load_onnx(cls, model: str | Path, onnx_file: Path | None, threads: int | None) -> Predictor:
+        if onnx_file is not None:
+            data, source = onnx_file.read_bytes(), str(onnx_file)
+        else:  # no exported file beside the checkpoint: export in memory (a few seconds, once)
+            loaded = load_checkpoint(model)
+            data, source = onnx_bytes(loaded), str(loaded.path)
+        meta = read_metadata(data, source)
+        session = onnx_session(data, source, threads)
+        input_name = session.get_inputs()[0].name
+
+        def run_logits(x: np.ndarray) -> np.ndarray:
+            return np.asarray(session.run(None, {input_name: x})[0])
+
+        return cls(run_logits=run_logits, name=meta["model"], version=meta["version"],
+                   temperature=meta["temperature"], unsure_threshold=meta["unsure_threshold"], backend="onnx",
+                   source=source, views=meta["views"])
+
+    # -- arrays ------------------------------------------------------------------------------
+    def logits(self, x: Any) -> np.ndarray:
+        """Raw logits (N, 10) float32 for anything `batching.as_batch_array` accepts."""
+        return self._logits_checked(as_batch_array(x))
+
+    def _logits_checked(self, xb: np.ndarray) -> np.ndarray:
+        """Logits for float32 (N, 1, 28, 28) in [0, 1] that `as_batch_array` already validated."""
+        step = self._chunk
+        if len(xb) <= step:
+            return np.asarray(self._run_logits(xb), dtype=np.float32)
+        return np.concatenate([self._run_logits(xb[i : i + step]) for i in range(0, len(xb), step)])
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Calibrated probabilities (N, 10) float32 = softmax(logits / temperature)."""
+        return softmax(self.logits(x), self.temperature)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted digits (N,) int64."""
+        return self.logits(x).argmax(axis=1).astype(np.int64)
+
+    def predict_arrays(self, images: np.ndarray, *, empty: list[bool] | None = None) -> list[Prediction]:
+        """Predictions for images already in MNIST form, (N, 28, 28) uint8 or float [0, 1]."""
+        xb4 = as_batch_array(images)  # (N, 1, 28, 28), validated once
+        xb = xb4[:, 0]  # (N, 28, 28)
+        empty = list(empty) if empty is not None else [False] * len(xb)
+        live = [i for i, e in enumerate(empty) if not e]
+        probs = (softmax(self._logits_checked(xb4[live]), self.temperature) if live
+                 else np.zeros((0, 10), np.float32))
+        out: list[Prediction] = []
+        rows = iter(probs)
+        for i, is_empty in enumerate(empty):
+            if is_empty:
+                out.append(Prediction(None, 0.0, [0.0] * 10, True, True, xb[i]))
+                continue
+            p = next(rows)
+            digit = int(p.argmax())
+            conf = float(p[digit])
+            out.append(Prediction(digit, conf, [float(v) for v in p], conf < self.unsure_threshold, False, xb[i]))
+        return out
+
+    def predict_images(self, images: list[Image.Image | np.ndarray], *, preprocess: bool = True) -> list[Prediction]:
+        """Images (PIL or arrays, any size) → predictions, all in one batched model call."""
+        if not images:
+            return []
+        if preprocess:
+            done = [_preprocess(img) for img in images]
+            fields, empty = [p.image for p in done], [p.empty for p in done]
+        else:
+            fields = [as_mnist(img) for img in images]
+            empty = [float(f.max()) < MIN_CONTRAST for f in fields]
+        return self.predict_arrays(np.stack(fields), empty=empty)
+
+    def predict_file(self, path: str | Path, *, preprocess: bool = True) -> Prediction:
+        return self.predict_images([decode_image(path)], preprocess=preprocess)[0]
+
+    def __repr__(self) -> str:
+        return (f"Predictor(name={self.name!r}, version={self.version!r}, backend={self.backend!r}, "
+                f"temperature={self.temperature:.4g}, unsure_threshold={self.unsure_threshold:.4g})")
+
+
+_preprocess = preprocess  # `predict_images`' keyword `preprocess` shadows the function inside it
+
+
+def _onnx_beside(model: str | Path) -> Path | None:
+    """An .onnx file given directly, or the export next to the checkpoint (model.pt → model.onnx)
+    when its metadata names this very checkpoint (sha256): a stale export is never used."""
+    if str(model).endswith(".onnx"):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelError(f"no ONNX model at {model}")
+        return path
+    pt = resolve_model_path(model)
+    onnx = pt.with_suffix(".onnx")
+    if not onnx.is_file():
+        return None
+    try:
+        meta = read_metadata(onnx.read_bytes(), str(onnx))
+    except ModelError:
+        return None
+    return onnx if meta.get("checkpoint_sha256") == file_sha256(pt) else None

@@ -1,0 +1,1 @@
+"""One router per concern: `predict` (the /v1 API), `health` (/healthz, /readyz, /metrics), `page` (/)."""

@@ -1,0 +1,313 @@
+"""The training loop: plain code, read top to bottom.
+
+The whole dataset lives in memory as one uint8 tensor; batches are index slices of a per-epoch
+permutation (no DataLoader); augmentation is one `affine_grid`/`grid_sample` call per batch. The
+forward/backward run channels_last, under bf16 autocast when the config says so (or, for "auto",
+where a timing probe finds it faster on this CPU: `recipe.resolve_bf16`). Under `torchrun` the same
+loop runs as DistributedDataParallel, each rank taking its shard of every global batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import digitnet.training.distributed as dist
+from digitnet.errors import ConfigError
+from digitnet.inference.batching import as_batch
+from digitnet.models import build_model, network_kwargs, single_view
+from digitnet.training.config import TrainConfig
+from digitnet.training.recipe import EMA, Teacher, lr_at, make_optimizer, random_affine, resolve_bf16
+
+
+class Progress(Protocol):
+    """What `fit` reports to while it runs (the CLI's Rich bar: `progress.EpochProgress`)."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, n: int, loss: float, acc: float, images_per_s: float) -> None: ...
+    def end_epoch(self) -> None: ...
+
+
+Callback = Callable[[dict[str, Any]], None]
+EvalHook = Callable[[nn.Module, float, int], None]  # (model, train seconds so far, step)
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class ResumeState:
+    """Everything an interrupted run needs to continue bit for bit, saved after each epoch."""
+
+    model: State
+    optimizer: dict[str, Any]
+    ema: State
+    generator: torch.Tensor  # the one seeded stream: permutations and augmentation
+    history: list[dict[str, float]]
+    best_acc: float
+    best_epoch: int
+    best_state: State | None
+    train_seconds: float
+    epoch: int  # epochs finished
+    bf16: bool  # the precision the run began in: a resumed run keeps it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # tensors, dicts and numbers only: torch.load(weights_only=True) reads it
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResumeState:
+        return cls(**d)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # the best-on-validation weights (EMA weights when ema > 0), eval mode
+    history: list[dict[str, float]]
+    train_seconds: float  # the training loop only: evaluation and checkpointing excluded
+    best_epoch: int
+    val_accuracy: float | None
+    bf16: bool = False  # the precision it trained in (a config's "auto" resolved)
+
+
+@dataclass
+class _Best:
+    score: float = -1.0
+    epoch: int = 0
+    state: State | None = field(default=None, repr=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: no MPS device is available")
+    return torch.device(name)
+
+
+def split_sizes(n_train: int, val_size: int) -> int:
+    """The validation size actually held out of `n_train` images: at most a fifth of them (the
+    4,000-image sample keeps 800; a 400-image array keeps 80)."""
+    return min(val_size, n_train // 5)
+
+
+def stratified_split(y: np.ndarray, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with `val_size` held out in the class proportions of `y`.
+
+    The split uses its own fixed seed, not the training seed, so runs with different seeds are
+    validated on the same images and stay comparable.
+    """
+    if val_size == 0:
+        return np.arange(len(y)), np.empty(0, dtype=np.int64)
+    if val_size >= len(y):
+        raise ConfigError(f"val_size {val_size} must be smaller than the {len(y)} training images")
+    rng = np.random.default_rng(seed)
+    val = []
+    classes, counts = np.unique(y, return_counts=True)
+    quota = np.floor(counts / len(y) * val_size).astype(int)
+    quota[np.argsort(-(counts / len(y) * val_size - quota))[: val_size - quota.sum()]] += 1
+    for c, q in zip(classes, quota, strict=True):
+        val.append(rng.permutation(np.flatnonzero(y == c))[:q])
+    val_idx = np.sort(np.concatenate(val))
+    mask = np.ones(len(y), dtype=bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask), val_idx
+
+
+def _uint8(x: np.ndarray) -> torch.Tensor:
+    """User images → (N, 1, 28, 28) uint8, the form the whole set is kept in memory."""
+    return (as_batch(x) * 255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                      batch_size: int = 2500) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` on uint8 images x (N, 1, 28, 28)."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        yb = y[i : i + batch_size].to(device)
+        logits = model(xb).float()
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    model.train()
+    return correct / max(1, len(x)), loss / max(1, len(x))
+
+
+def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None, *, progress: Progress | None = None, on_epoch: Callback | None = None,
+        resume_state: ResumeState | None = None, checkpoint_fn: Callable[[ResumeState], None] | None = None,
+        eval_hook: EvalHook | None = None, eval_every: int = 0) -> FitResult:
+    """Train `cfg.model` on uint8 images `(N, 28, 28)` and int labels; return the best model.
+
+    on_epoch: called with each epoch's history row. checkpoint_fn: called with the resumable state
+    after each epoch. eval_hook(model, train_seconds, step) every `eval_every` steps and at each
+    epoch end, outside the timed region (used by `digitnet bench train`). `cfg.threads` holds for
+    the run only: the thread count is restored however the run ends.
+    """
+    prev_threads = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return _fit(cfg, x_train, y_train, x_val, y_val, progress, on_epoch, resume_state, checkpoint_fn,
+                    eval_hook, eval_every)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+@dataclass
+class _Run:
+    """The live state of one run: data in memory, the network and what updates it."""
+
+    x: torch.Tensor  # (N, 1, 28, 28) uint8
+    y: torch.Tensor  # (N,) int64
+    model: nn.Module
+    ddp_model: nn.Module  # `model`, DDP-wrapped under torchrun
+    opt: torch.optim.Optimizer
+    ema: EMA | None
+    teacher: Teacher | None
+    gen: torch.Generator
+    amp: torch.autocast
+    bf16: bool
+    device: torch.device
+    steps_per_epoch: int
+    rank: int
+    world: int
+
+    @property
+    def eval_model(self) -> nn.Module:  # what validation, evaluation and the checkpoint see
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
+         y_val: np.ndarray | None, progress: Progress | None, on_epoch: Callback | None,
+         resume: ResumeState | None, checkpoint_fn: Callable[[ResumeState], None] | None,
+         eval_hook: EvalHook | None, eval_every: int) -> FitResult:
+    torch.manual_seed(cfg.seed)
+    run = _start(cfg, x_train, y_train, resume)
+    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    xva = _uint8(x_val) if has_val else None
+    yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long) if has_val else None
+    history = list(resume.history) if resume else []
+    best = _Best(resume.best_acc, resume.best_epoch, resume.best_state) if resume else _Best()
+    train_seconds = resume.train_seconds if resume else 0.0
+
+    for epoch in range(resume.epoch if resume else 0, cfg.epochs):
+        row = _train_epoch(cfg, run, epoch, progress, eval_hook, eval_every, train_seconds)
+        train_seconds += row["seconds"]
+        if xva is not None and yva is not None:
+            with single_view(run.eval_model):  # test-time augmentation would make this 9× dearer
+                row["val_accuracy"], row["val_loss"] = accuracy_and_loss(run.eval_model, xva, yva, run.device)
+        history.append(row)
+        score = row.get("val_accuracy", epoch)  # without validation the last epoch is the best
+        if score >= best.score:  # ties go to the later, longer-annealed weights
+            best = _Best(score, epoch + 1, {k: v.detach().clone() for k, v in run.eval_model.state_dict().items()})
+        if on_epoch is not None and run.rank == 0:
+            on_epoch(row)
+        if checkpoint_fn is not None and run.rank == 0:
+            checkpoint_fn(ResumeState(
+                model=run.model.state_dict(), optimizer=run.opt.state_dict(),
+                ema=run.ema.state_dict() if run.ema is not None else {}, generator=run.gen.get_state(),
+                history=history, best_acc=best.score, best_epoch=best.epoch, best_state=best.state,
+                train_seconds=train_seconds, epoch=epoch + 1, bf16=run.bf16))
+        if cfg.early_stopping and has_val and epoch + 1 - best.epoch >= cfg.early_stopping:
+            break
+
+    final = build_model(cfg.model, **cfg.model_kwargs)
+    if best.state is not None:
+        final.load_state_dict(best.state)
+    final = final.float().cpu().eval()
+    return FitResult(final, history, train_seconds, best.epoch, best.score if has_val else None, run.bf16)
+
+
+def _start(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, resume: ResumeState | None) -> _Run:
+    """Data into memory, the network, optimizer, EMA, teacher and precision, from scratch or from
+    `resume`. The order of the seeded steps is fixed: same seed, same weights."""
+    rank, world = dist.rank(), dist.world_size()
+    device = resolve_device(cfg.device)
+    gen = torch.Generator().manual_seed(cfg.seed)  # permutations + augmentation: one stream, seeded
+    x, y = _uint8(x_train), torch.as_tensor(np.asarray(y_train), dtype=torch.long)
+    if len(x) != len(y):
+        raise ConfigError(f"{len(x)} images but {len(y)} labels")
+    if world > 1 and cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    model = build_model(cfg.model, **cfg.model_kwargs).to(device).to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    teacher = Teacher(cfg.teacher, device, cfg.distill) if cfg.teacher else None
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        opt.load_state_dict(resume.optimizer)
+        if ema is not None:
+            ema.load_state_dict(resume.ema)
+        gen.set_state(resume.generator)
+    ddp_model = dist.wrap(model, device)
+    if resume is not None:
+        bf16 = resume.bf16  # an interrupted run continues in the precision it began in
+    else:
+        network = f"{cfg.model} {sorted(network_kwargs(cfg.model, cfg.model_kwargs).items())}"
+        local_bs = cfg.batch_size // world
+        bf16 = dist.broadcast_flag(resolve_bf16(cfg.precision, model, device, local_bs, network) if rank == 0 else False)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in ("cpu", "cuda"))
+    steps_per_epoch = max(1, len(x) // cfg.batch_size)  # drop the ragged last batch: stable BN
+    return _Run(x, y, model, ddp_model, opt, ema, teacher, gen, amp, bf16, device, steps_per_epoch, rank, world)
+
+
+def _train_epoch(cfg: TrainConfig, run: _Run, epoch: int, progress: Progress | None, eval_hook: EvalHook | None,
+                 eval_every: int, seconds_before: float) -> dict[str, float]:
+    """One pass over a fresh permutation; returns the epoch's history row (without validation)."""
+    steps, world, rank = run.steps_per_epoch, run.world, run.rank
+    local_bs = cfg.batch_size // world
+    perm = torch.randperm(len(run.x), generator=run.gen)  # same on every rank: same seed
+    if progress is not None and rank == 0:
+        progress.start_epoch(epoch + 1, cfg.epochs, steps)
+    run.model.train()
+    t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+    for i in range(steps):
+        step = epoch * steps + i
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size][rank * local_bs : (rank + 1) * local_bs]
+        xb = run.x[idx].to(run.device, non_blocking=True).float().div_(255)  # (b, 1, 28, 28)
+        yb = run.y[idx].to(run.device, non_blocking=True)
+        if cfg.augment:
+            xb = random_affine(xb, cfg.augment, run.gen, cfg.elastic)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        for g in run.opt.param_groups:
+            g["lr"] = cfg.lr * lr_at(step, cfg.epochs * steps, cfg)
+        with run.amp:
+            logits = run.ddp_model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            if run.teacher is not None:
+                loss = run.teacher.loss(logits.float(), xb, loss)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        if run.ema is not None:
+            run.ema.update(run.model, step + 1)
+        seen += len(idx)
+        loss_sum += loss.item() * len(idx)
+        correct += (logits.argmax(1) == yb).sum().item()
+        if progress is not None and rank == 0:
+            progress.step(1, loss_sum / seen, correct / seen, seen * world / (time.perf_counter() - t0))
+        if eval_hook is not None and eval_every and (i + 1) % eval_every == 0 and i + 1 < steps:
+            paused = time.perf_counter()
+            eval_hook(run.eval_model, seconds_before + paused - t0, step + 1)
+            t0 += time.perf_counter() - paused  # evaluation is not training time
+    epoch_seconds = time.perf_counter() - t0
+    if progress is not None and rank == 0:
+        progress.end_epoch()
+    if eval_hook is not None:
+        eval_hook(run.eval_model, seconds_before + epoch_seconds, (epoch + 1) * steps)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "lr": run.opt.param_groups[0]["lr"], "seconds": epoch_seconds,
+            "images_per_s": seen * world / max(epoch_seconds, 1e-9)}
