@@ -11,7 +11,13 @@ import json
 import logging
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
 from digitnet.errors import DigitnetError, InputError
+from digitnet.utils import first_line
 
 log = logging.getLogger("digitnet.serve")
 
@@ -34,9 +40,7 @@ def error_bytes(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
-    from starlette.responses import Response
-
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(error_bytes(code, message), status_code=status, headers=headers,
                     media_type="application/json")
 
@@ -70,36 +74,33 @@ def validation_message(errors: list[dict[str, Any]], limit: int = 3) -> str:
     return line.replace("\n", " ")[:500] or "invalid request"
 
 
-def install_error_handlers(app: Any) -> None:
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    async def on_http_error(request, exc: HTTPError):
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_http_error(request: Request, exc: HTTPError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
-    async def on_input_error(request, exc: InputError):
-        return error_response(422, "invalid_input", str(exc).splitlines()[0] if str(exc) else "invalid input")
+    async def on_input_error(request: Request, exc: InputError) -> Response:
+        return error_response(422, "invalid_input", first_line(exc, 500) if str(exc).strip() else "invalid input")
 
-    async def on_digitnet_error(request, exc: DigitnetError):
+    async def on_digitnet_error(request: Request, exc: DigitnetError) -> Response:
         # A ModelError mid-request is the server's problem, not the client's; say so without detail.
         log.error("digitnet error while serving %s: %s", request.url.path, exc)
         return error_response(503, "unavailable", "the model is unavailable")
 
-    async def on_validation(request, exc: RequestValidationError):
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
         return error_response(422, "invalid_input", validation_message(list(exc.errors())))
 
-    async def on_starlette_http(request, exc: StarletteHTTPException):
+    async def on_starlette_http(request: Request, exc: StarletteHTTPException) -> Response:
         code = STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
-    async def on_unexpected(request, exc: Exception):
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error while serving %s", request.url.path, exc_info=exc)
         return error_response(500, "internal_error", "internal server error")
 
-    app.add_exception_handler(HTTPError, on_http_error)
-    app.add_exception_handler(InputError, on_input_error)
-    app.add_exception_handler(DigitnetError, on_digitnet_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_starlette_http)
-    app.add_exception_handler(Exception, on_unexpected)
+    handlers: list[tuple[type[Exception], Any]] = [
+        (HTTPError, on_http_error), (InputError, on_input_error), (DigitnetError, on_digitnet_error),
+        (RequestValidationError, on_validation), (StarletteHTTPException, on_starlette_http),
+        (Exception, on_unexpected)]
+    for kind, handler in handlers:
+        app.add_exception_handler(kind, handler)
