@@ -35,9 +35,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name: (registry model, TrainConfig 
     "compact-e60-ls0": ("compact", dict(epochs=60, label_smoothing=0.0)),
     "compact-e60-wd1e3": ("compact", dict(epochs=60, weight_decay=1e-3)),
     "compact-e60-cos": ("compact", dict(epochs=60, schedule="cosine", warmup=0.05)),
-    "old-best-e40": ("compact", dict(epochs=40, model_kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)]))),
-    "old-best-e50": ("compact", dict(epochs=50, model_kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)]))),
-    "wide-e40": ("compact", dict(epochs=40, model_kwargs=dict(stem=48, blocks=[(64, True), (128, True), (256, False)]))),
+    "old-best-e40": (
+        "compact",
+        dict(epochs=40, model_kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)])),
+    ),
+    "old-best-e50": (
+        "compact",
+        dict(epochs=50, model_kwargs=dict(stem=32, blocks=[(64, False), (64, True), (128, True)])),
+    ),
+    "wide-e40": (
+        "compact",
+        dict(epochs=40, model_kwargs=dict(stem=48, blocks=[(64, True), (128, True), (256, False)])),
+    ),
     "c4-e40": ("compact", dict(epochs=40, model_kwargs=C4)),
     "c4-e50": ("compact", dict(epochs=50, model_kwargs=C4)),
     "c4-e60": ("compact", dict(epochs=60, model_kwargs=C4)),
@@ -77,11 +86,19 @@ def run_one(job: tuple[str, int], device: str, epochs: int | None) -> tuple[dict
     name, seed = job
     model, overrides = VARIANTS[name]
     data = load_dataset("mnist", os.environ.get("DIGITNET_DATA") or None)
-    cfg = TrainConfig.for_model(model, seed=seed, device=device, **{**overrides, "epochs": epochs or overrides["epochs"]})
+    cfg = TrainConfig.for_model(
+        model, seed=seed, device=device, **{**overrides, "epochs": epochs or overrides["epochs"]}
+    )
     tr, va = stratified_split(np.asarray(data.y_train), cfg.val_size)
     t0 = time.time()
     res = fit(cfg, data.x_train[tr], data.y_train[tr], data.x_train[va], data.y_train[va])
-    row = dict(name=name, seed=seed, best_epoch=res.best_epoch, epochs=len(res.history), wall=round(time.time() - t0, 1))
+    row = dict(
+        name=name,
+        seed=seed,
+        best_epoch=res.best_epoch,
+        epochs=len(res.history),
+        wall=round(time.time() - t0, 1),
+    )
     # Accuracy without and with test-time augmentation (mean softmax over shifted copies).
     for split, x, y in (("val", data.x_train[va], data.y_train[va]), ("test", data.x_test, data.y_test)):
         views = view_probs(res.model, x, device)  # (9, N, 10)
@@ -110,8 +127,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override every variant's epochs (smoke tests)")
     ap.add_argument("--seconds", type=float, default=1e9, help="start no new run after this many seconds")
     args = ap.parse_args()
-    jobs = ([(j.split(":")[0], int(j.split(":")[1])) for j in args.jobs.split(",")] if args.jobs
-            else [(n, s) for n in VARIANTS for s in range(3)])
+    jobs = (
+        [(j.split(":")[0], int(j.split(":")[1])) for j in args.jobs.split(",")]
+        if args.jobs
+        else [(n, s) for n in VARIANTS for s in range(3)]
+    )
     unknown = {n for n, _ in jobs} - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variant(s): {', '.join(sorted(unknown))}")

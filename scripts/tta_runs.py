@@ -36,15 +36,19 @@ def main() -> None:
     for run in args.runs:
         loaded = load_checkpoint(run)
         views = view_probs(loaded.model, data.x_test, "cpu")  # (9, N, 10)
-        acc = {name: float((p.argmax(1) == y).mean()) for name, p in
-               (("one view", views[4]), ("plus5", views[PLUS].mean(0)), ("tta9", views.mean(0)))}
+        acc = {
+            name: float((p.argmax(1) == y).mean())
+            for name, p in (("one view", views[4]), ("plus5", views[PLUS].mean(0)), ("tta9", views.mean(0)))
+        }
         print(run, "  ".join(f"{k} {v:.2%}" for k, v in acc.items()), flush=True)
         one.append(calibrated(views[4], loaded.temperature))
         nine.append(calibrated(views.mean(0), loaded.temperature))
     for k in args.k:
         for name, probs in (("one view", one), ("tta9", nine)):
-            errors = [int((np.mean([probs[i] for i in c], 0).argmax(1) != y).sum())
-                      for c in itertools.combinations(range(len(probs)), k)]
+            errors = [
+                int((np.mean([probs[i] for i in c], 0).argmax(1) != y).sum())
+                for c in itertools.combinations(range(len(probs)), k)
+            ]
             print(f"ensembles of {k}, members {name}: errors {errors}, mean {np.mean(errors):.1f}")
 
 

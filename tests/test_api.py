@@ -58,7 +58,9 @@ def test_notebook_float_arrays_give_the_same_answers(fitted, data):
     _, (xt, _) = data
     flat = xt.reshape(-1, 784) / 255.0  # the notebook's float64 (N, 784) arrays in [0, 1]
     np.testing.assert_allclose(fitted.predict_proba(flat), fitted.predict_proba(xt), atol=1e-6)
-    np.testing.assert_allclose(fitted.predict_proba(torch.from_numpy(xt)), fitted.predict_proba(xt), atol=1e-6)
+    np.testing.assert_allclose(
+        fitted.predict_proba(torch.from_numpy(xt)), fitted.predict_proba(xt), atol=1e-6
+    )
 
 
 def test_same_seed_same_model(data):
@@ -141,8 +143,16 @@ def test_scikit_learn_protocol(fitted, data):
     from sklearn.utils.validation import check_is_fitted
 
     clf = DigitClassifier("seed-mlp", epochs=2, lr=0.01, augment=0.5)
-    assert clf.get_params() == {"model": "seed-mlp", "epochs": 2, "batch_size": None, "lr": 0.01, "seed": 0,
-                                "val_size": None, "verbose": False, "augment": 0.5}
+    assert clf.get_params() == {
+        "model": "seed-mlp",
+        "epochs": 2,
+        "batch_size": None,
+        "lr": 0.01,
+        "seed": 0,
+        "val_size": None,
+        "verbose": False,
+        "augment": 0.5,
+    }
     assert is_classifier(clf)
     twin = clone(clf)
     assert twin is not clf and twin.get_params() == clf.get_params()
@@ -154,8 +164,9 @@ def test_scikit_learn_protocol(fitted, data):
     _, (xt, yt) = data
     assert accuracy_score(yt, fitted.predict(xt)) == fitted.score(xt, yt)
     weights = np.where(yt == 0, 1.0, 0.0)
-    assert fitted.score(xt, yt, sample_weight=weights) == pytest.approx(accuracy_score(yt, fitted.predict(xt),
-                                                                                       sample_weight=weights))
+    assert fitted.score(xt, yt, sample_weight=weights) == pytest.approx(
+        accuracy_score(yt, fitted.predict(xt), sample_weight=weights)
+    )
 
 
 def test_save_and_load_round_trip(fitted, data, tmp_path):
@@ -169,8 +180,9 @@ def test_save_and_load_round_trip(fitted, data, tmp_path):
     np.testing.assert_allclose(back.predict_proba(xt), fitted.predict_proba(xt), rtol=1e-5, atol=1e-7)
     from digitnet.inference.predictor import Predictor
 
-    np.testing.assert_allclose(Predictor.load(run, backend="torch").predict_proba(xt), fitted.predict_proba(xt),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        Predictor.load(run, backend="torch").predict_proba(xt), fitted.predict_proba(xt), rtol=1e-5, atol=1e-7
+    )
     assert back.model == "mlp" and back.epochs == 2 and back.batch_size == 32
     assert back.config_ == fitted.config_ and len(back.history_) == 2
     assert back.train_seconds_ == pytest.approx(fitted.train_seconds_, abs=1e-3)

@@ -29,7 +29,9 @@ def _app() -> typer.Typer:
 
 
 def _env_without_data(tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DIGITNET_DATA", "KERAS_HOME", "DIGITNET_MIRRORS")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DIGITNET_DATA", "KERAS_HOME", "DIGITNET_MIRRORS")
+    }
     env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"), DIGITNET_OFFLINE="1")
     return env
 
@@ -38,13 +40,20 @@ def test_info_without_data_exits_2_with_the_three_ways(tmp_path):
     (tmp_path / "home").mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "digitnet", "data", "info"],
-        env=_env_without_data(tmp_path), capture_output=True, text=True, timeout=120,
+        env=_env_without_data(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     err = " ".join(proc.stderr.split())  # undo terminal wrapping
     assert err.startswith("error: MNIST not found")
-    for way in ("(1) --data-dir DIR or DIGITNET_DATA=DIR", "(2) put those files in", "(3) allow the download"):
+    for way in (
+        "(1) --data-dir DIR or DIGITNET_DATA=DIR",
+        "(2) put those files in",
+        "(3) allow the download",
+    ):
         assert way in err
     assert "offline, so no download was tried" in err and "--dataset sample" in err
 
@@ -54,7 +63,10 @@ def test_info_json_on_real_data(mnist_dir, tmp_path):
     env["DIGITNET_DATA"] = str(mnist_dir)
     proc = subprocess.run(
         [sys.executable, "-m", "digitnet", "data", "info", "--json"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -96,7 +108,20 @@ def test_offline_flag_overrides_environment(tiny_mnist, clean_data_env, monkeypa
 def test_show_writes_a_labelled_png(tiny_mnist, clean_data_env, tmp_path):
     folder = tiny_mnist.write(tmp_path / "d")
     out = tmp_path / "figs" / "grid.png"
-    args = ["data", "show", "--data-dir", str(folder), "--out", str(out), "--n", "12", "--split", "test", "--seed", "3"]
+    args = [
+        "data",
+        "show",
+        "--data-dir",
+        str(folder),
+        "--out",
+        str(out),
+        "--n",
+        "12",
+        "--split",
+        "test",
+        "--seed",
+        "3",
+    ]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and "12 test digits" in result.output
@@ -112,8 +137,11 @@ def test_show_writes_a_labelled_png(tiny_mnist, clean_data_env, tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--n", "0"], "--n must be 1 to 400"), (["--split", "val"], "--split must be train or test"),
-     (["--out", "grid.txt"], "--out must end in .png")],
+    [
+        (["--n", "0"], "--n must be 1 to 400"),
+        (["--split", "val"], "--split must be train or test"),
+        (["--out", "grid.txt"], "--out must end in .png"),
+    ],
 )
 def test_show_rejects_bad_options(clean_data_env, tmp_path, extra, message):
     result = CliRunner().invoke(_app(), ["data", "show", "--dataset", "sample", *extra])

@@ -18,8 +18,14 @@ runner = CliRunner()
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DIGITNET_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "digitnet", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -45,15 +51,29 @@ def test_runs_table_and_json(runs):
     rows = json.loads(result.output)
     assert [r["name"] for r in rows] == ["seed", "cnn"]
     assert rows[1] | {"date": None, "path": None} == {
-        "name": "cnn", "model": "cnn", "epochs": 2, "seed": 0, "val_accuracy": 0.994, "test_accuracy": 0.995,
-        "train_seconds": 30.0, "date": None, "path": None}
+        "name": "cnn",
+        "model": "cnn",
+        "epochs": 2,
+        "seed": 0,
+        "val_accuracy": 0.994,
+        "test_accuracy": 0.995,
+        "train_seconds": 30.0,
+        "date": None,
+        "path": None,
+    }
 
 
 def test_runs_errors_are_one_line(tmp_path):
     result = cli("runs", str(tmp_path / "nowhere"))
-    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
+    assert (
+        result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
+    )
     result = cli("runs", str(tmp_path), "--sort", "colour")
-    assert result.returncode == 2 and "cannot sort by 'colour'" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2
+        and "cannot sort by 'colour'" in result.stderr
+        and "Traceback" not in result.stderr
+    )
     result = runner.invoke(app, ["runs", str(tmp_path)])
     assert result.exit_code == 0 and "no runs under" in result.output
 

@@ -17,22 +17,30 @@ from PIL import Image, ImageDraw
 
 def digitnet(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "300"}  # wide table: whole paths on one line
-    return subprocess.run([sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def seven(size: int = 120) -> Image.Image:
     img = Image.new("L", (size, size), 245)
     s = size / 120
-    ImageDraw.Draw(img).line([(25 * s, 25 * s), (95 * s, 25 * s), (50 * s, 105 * s)], fill=15, width=round(10 * s))
+    ImageDraw.Draw(img).line(
+        [(25 * s, 25 * s), (95 * s, 25 * s), (50 * s, 105 * s)], fill=15, width=round(10 * s)
+    )
     return img
 
 
 def huge_png_header() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +52,13 @@ def run(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("run")
-    save_checkpoint(folder / "model.pt", build_model("cnn").eval(), model_name="cnn", temperature=1.0,
-                    unsure_threshold=0.99)
+    save_checkpoint(
+        folder / "model.pt",
+        build_model("cnn").eval(),
+        model_name="cnn",
+        temperature=1.0,
+        unsure_threshold=0.99,
+    )
     return folder
 
 
@@ -85,16 +98,23 @@ def test_unreadable_files_reported_others_predicted(run, images, tmp_path):
     (tmp_path / "cut.png").write_bytes(buf.getvalue()[:200])
     (tmp_path / "really_png.jpg").write_bytes(buf.getvalue())  # wrong extension: still read
     args = [str(tmp_path / n) for n in ("huge.png", "text.png", "cut.png", "missing.png", "really_png.jpg")]
-    res = digitnet("predict", "--model", str(run), "--json", str(images / "a.png"), *args, str(tmp_path / "zz*.png"))
+    res = digitnet(
+        "predict", "--model", str(run), "--json", str(images / "a.png"), *args, str(tmp_path / "zz*.png")
+    )
     assert res.returncode == 2
     rows = json.loads(res.stdout)
     assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "really_png.jpg"]
     err = res.stderr.strip().splitlines()
     assert len(err) == 6 and all(line.startswith("error: ") for line in err)
     joined = "\n".join(err)
-    for expected in ("huge.png: 900,000,000 pixels is over the", "text.png: not a recognised image",
-                     "cut.png: cannot decode PNG data", "missing.png: no such file", "zz*.png: no files match",
-                     "5 of 7 inputs could not be read; 2 predicted"):
+    for expected in (
+        "huge.png: 900,000,000 pixels is over the",
+        "text.png: not a recognised image",
+        "cut.png: cannot decode PNG data",
+        "missing.png: no such file",
+        "zz*.png: no files match",
+        "5 of 7 inputs could not be read; 2 predicted",
+    ):
         assert expected in joined, joined
 
 
@@ -124,8 +144,21 @@ def test_no_preprocess(run, tmp_path):
 
 
 def test_bench_predict_json(run):
-    res = digitnet("bench", "predict", "--model", str(run), "--backend", "torch", "--json", "--n", "20",
-                   "--batch-size", "64", "--repeats", "2")
+    res = digitnet(
+        "bench",
+        "predict",
+        "--model",
+        str(run),
+        "--backend",
+        "torch",
+        "--json",
+        "--n",
+        "20",
+        "--batch-size",
+        "64",
+        "--repeats",
+        "2",
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     (row,) = out["results"]

@@ -53,8 +53,13 @@ def test_real_mnist_through_env_var(mnist_dir, clean_data_env, monkeypatch):
 
 def test_real_keras_npz_verifies_against_the_same_hashes(mnist, tmp_path):
     # A Keras mnist.npz holds the same arrays; re-encoded as IDX they must hash to MNIST's values.
-    np.savez(tmp_path / "mnist.npz", x_train=mnist.x_train, y_train=mnist.y_train.astype(np.uint8),
-             x_test=mnist.x_test, y_test=mnist.y_test.astype(np.uint8))
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=mnist.x_train,
+        y_train=mnist.y_train.astype(np.uint8),
+        x_test=mnist.x_test,
+        y_test=mnist.y_test.astype(np.uint8),
+    )
     data = load_dataset(data_dir=tmp_path)
     assert data.name == "mnist" and "mnist.npz" in data.source
     assert all(v.startswith("verified") for v in data.checksums.values())
@@ -85,8 +90,13 @@ def test_keras_style_npz_folder(tiny_mnist, clean_data_env, tmp_path):
     a = tiny_mnist.arrays
     folder = tmp_path / "keras"
     folder.mkdir()
-    np.savez_compressed(folder / "mnist.npz", x_train=a["train-images-idx3-ubyte"], y_train=a["train-labels-idx1-ubyte"],
-                        x_test=a["t10k-images-idx3-ubyte"], y_test=a["t10k-labels-idx1-ubyte"])
+    np.savez_compressed(
+        folder / "mnist.npz",
+        x_train=a["train-images-idx3-ubyte"],
+        y_train=a["train-labels-idx1-ubyte"],
+        x_test=a["t10k-images-idx3-ubyte"],
+        y_test=a["t10k-labels-idx1-ubyte"],
+    )
     data = load_dataset(data_dir=folder)
     assert data.name == "mnist" and data.y_train.dtype == np.int64
     assert all(v.startswith("verified") for v in data.checksums.values())
@@ -106,8 +116,13 @@ def test_cache_then_keras_are_used_in_order(tiny_mnist, clean_data_env, tmp_path
     a = tiny_mnist.arrays
     keras = tmp_path / "home" / ".keras" / "datasets"
     keras.mkdir(parents=True)
-    np.savez(keras / "mnist.npz", x_train=a["train-images-idx3-ubyte"], y_train=a["train-labels-idx1-ubyte"],
-             x_test=a["t10k-images-idx3-ubyte"], y_test=a["t10k-labels-idx1-ubyte"])
+    np.savez(
+        keras / "mnist.npz",
+        x_train=a["train-images-idx3-ubyte"],
+        y_train=a["train-labels-idx1-ubyte"],
+        x_test=a["t10k-images-idx3-ubyte"],
+        y_test=a["t10k-labels-idx1-ubyte"],
+    )
     assert load_dataset().origin == "keras"
     tiny_mnist.write(clean_data_env)
     data = load_dataset()
@@ -118,7 +133,9 @@ def test_bad_keras_file_is_ignored_not_trusted(clean_data_env, tmp_path):
     keras = tmp_path / "home" / ".keras" / "datasets"
     keras.mkdir(parents=True)
     z = np.zeros((3, 28, 28), np.uint8)
-    np.savez(keras / "mnist.npz", x_train=z, y_train=np.zeros(3, np.uint8), x_test=z, y_test=np.zeros(3, np.uint8))
+    np.savez(
+        keras / "mnist.npz", x_train=z, y_train=np.zeros(3, np.uint8), x_test=z, y_test=np.zeros(3, np.uint8)
+    )
     with pytest.raises(DatasetError, match=r"ignored .*mnist\.npz: mnist\.npz:x_train is not MNIST"):
         load_dataset()
 
@@ -174,7 +191,9 @@ def test_label_out_of_range(tiny_mnist, clean_data_env, tmp_path):
     labels = tiny_mnist.arrays["train-labels-idx1-ubyte"].copy()
     labels[5] = 11
     folder = _corrupt(tiny_mnist, tmp_path / "d", "train-labels-idx1-ubyte", labels)
-    with pytest.raises(DatasetError, match=r"^train-labels-idx1-ubyte\.gz: label 11 at index 5 is outside 0-9$"):
+    with pytest.raises(
+        DatasetError, match=r"^train-labels-idx1-ubyte\.gz: label 11 at index 5 is outside 0-9$"
+    ):
         load_dataset(data_dir=folder, verify=False)
     with pytest.raises(DatasetError, match="sha256"):  # verified: caught even earlier
         load_dataset(data_dir=folder)
@@ -182,7 +201,10 @@ def test_label_out_of_range(tiny_mnist, clean_data_env, tmp_path):
 
 def test_count_mismatch(tiny_mnist, clean_data_env, tmp_path):
     folder = _corrupt(tiny_mnist, tmp_path / "d", "t10k-labels-idx1-ubyte", np.zeros(19, np.uint8))
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz has 20 images but t10k-labels-idx1-ubyte\.gz has 19 labels"):
+    with pytest.raises(
+        DatasetError,
+        match=r"t10k-images-idx3-ubyte\.gz has 20 images but t10k-labels-idx1-ubyte\.gz has 19 labels",
+    ):
         load_dataset(data_dir=folder, verify=False)
 
 
@@ -199,7 +221,10 @@ def test_truncated_file_in_folder(tiny_mnist, clean_data_env, tmp_path):
     folder = tiny_mnist.write(tmp_path / "d", gz=False)
     path = folder / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:10000])
-    with pytest.raises(DatasetError, match=r"^t10k-images-idx3-ubyte: file is 10,000 bytes, header promises 15,696 \(truncated\?\)$"):
+    with pytest.raises(
+        DatasetError,
+        match=r"^t10k-images-idx3-ubyte: file is 10,000 bytes, header promises 15,696 \(truncated\?\)$",
+    ):
         load_dataset(data_dir=folder)
 
 

@@ -108,7 +108,9 @@ def test_good_download_fills_cache_then_cache_is_used(server, tiny_mnist, clean_
     assert data.origin == "download" and data.name == "mnist"
     assert server.url("m1") in data.source
     assert np.array_equal(data.x_train, tiny_mnist.arrays["train-images-idx3-ubyte"])
-    assert data.y_test.dtype == np.int64 and list(data.y_test) == list(tiny_mnist.arrays["t10k-labels-idx1-ubyte"])
+    assert data.y_test.dtype == np.int64 and list(data.y_test) == list(
+        tiny_mnist.arrays["t10k-labels-idx1-ubyte"]
+    )
     assert all(v.startswith("verified sha256") for v in data.checksums.values())
     assert _cache_is_clean_or_good(clean_data_env, tiny_mnist) == sorted(f + ".gz" for f in FILES)
     assert server.count("m1") == 4
@@ -183,7 +185,9 @@ def test_bad_cached_file_is_removed_and_replaced(server, tiny_mnist, clean_data_
     tiny_mnist.write(clean_data_env)
     bad = clean_data_env / "train-labels-idx1-ubyte.gz"
     bad.write_bytes(gzip.compress(encode_idx(np.zeros(30, dtype=np.uint8))))  # valid IDX, wrong content
-    with pytest.raises(DatasetError, match=r"removed bad cached file .*train-labels-idx1-ubyte\.gz \(sha256 mismatch\)"):
+    with pytest.raises(
+        DatasetError, match=r"removed bad cached file .*train-labels-idx1-ubyte\.gz \(sha256 mismatch\)"
+    ):
         load_dataset("mnist", offline=True)
     assert not bad.exists()  # never kept, even offline
 

@@ -35,8 +35,13 @@ def random_run(folder, seed: int, x: np.ndarray, *, tta: int = 0, temperature: f
     model = build_model("cnn", **SMALL, tta=tta).train()
     with torch.no_grad():
         model(as_batch(x))
-    save_checkpoint(folder / "model.pt", model.eval(), model_name="cnn", model_kwargs={**SMALL, "tta": tta},
-                    temperature=temperature)
+    save_checkpoint(
+        folder / "model.pt",
+        model.eval(),
+        model_name="cnn",
+        model_kwargs={**SMALL, "tta": tta},
+        temperature=temperature,
+    )
     return folder
 
 
@@ -64,13 +69,17 @@ def test_ensemble_scores_the_mean_of_calibrated_one_view_member_probabilities(me
     assert np.abs(with_tta - probs[1]).max() > 1e-3  # so one view really is a different function
     expected = np.mean(probs, 0).argmax(1)
     assert metrics["test_accuracy"] == pytest.approx(float((expected == data.y_test).mean()))
-    assert metrics["member_test_accuracy"] == pytest.approx([float((p.argmax(1) == data.y_test).mean()) for p in probs])
+    assert metrics["member_test_accuracy"] == pytest.approx(
+        [float((p.argmax(1) == data.y_test).mean()) for p in probs]
+    )
     # the saved ensemble, loaded like any model, gives the same probabilities
     ens = Predictor.load(tmp / "ens", backend="torch").predict_proba(data.x_test)
     assert np.abs(ens - np.mean(probs, 0)).max() < 1e-4
     assert load_checkpoint(tmp / "ens").name == "ensemble"
     saved = json.loads((tmp / "ens" / "metrics.json").read_text())
-    assert saved["members"] == [str(r) for r in runs] and saved["test_errors"] == round((1 - saved["test_accuracy"]) * 200)
+    assert saved["members"] == [str(r) for r in runs] and saved["test_errors"] == round(
+        (1 - saved["test_accuracy"]) * 200
+    )
 
 
 def test_ensemble_refuses_one_run_nesting_and_overwriting(members):

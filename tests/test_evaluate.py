@@ -50,7 +50,9 @@ def test_metrics_match_sklearn():
     np.testing.assert_allclose([c["f1"] for c in got], f1)
     assert [c["support"] for c in got] == s.tolist()
     for avg in ("macro", "weighted"):
-        p, rc, f1, _ = skm.precision_recall_fscore_support(y, pred, labels=labels, average=avg, zero_division=0)
+        p, rc, f1, _ = skm.precision_recall_fscore_support(
+            y, pred, labels=labels, average=avg, zero_division=0
+        )
         a = r[f"{avg}_avg"]
         assert (a["precision"], a["recall"], a["f1"]) == pytest.approx((p, rc, f1))
         assert a["support"] == len(y)
@@ -64,7 +66,9 @@ def test_class_never_predicted_has_zero_precision_like_sklearn():
     probs = np.full((6, 10), 0.01)
     probs[np.arange(6), [0, 1, 1, 3, 3, 1]] = 0.91  # class 2 never predicted
     r = evaluate_probs(probs, y)
-    p, _, f1, _ = skm.precision_recall_fscore_support(y, probs.argmax(1), labels=list(range(10)), zero_division=0)
+    p, _, f1, _ = skm.precision_recall_fscore_support(
+        y, probs.argmax(1), labels=list(range(10)), zero_division=0
+    )
     np.testing.assert_allclose([c["precision"] for c in r["per_class"]], p)
     np.testing.assert_allclose([c["f1"] for c in r["per_class"]], f1)
     assert r["per_class"][2]["precision"] == 0.0 and r["per_class"][2]["support"] == 1
@@ -162,20 +166,30 @@ def make_run(folder: Path, model: str = "seed-mlp", test_accuracy: float | None 
 
     torch.manual_seed(0)
     folder.mkdir(parents=True)
-    save_checkpoint(folder / "model.pt", build_model(model), model_name=model, config={"model": model, "epochs": 2},
-                    temperature=1.5, unsure_threshold=0.3)
+    save_checkpoint(
+        folder / "model.pt",
+        build_model(model),
+        model_name=model,
+        config={"model": model, "epochs": 2},
+        temperature=1.5,
+        unsure_threshold=0.3,
+    )
     m = {"model": model, "epochs": 2, "seed": 0, "train_seconds": 1.0, **metrics}
     if test_accuracy is not None:
         m["test_accuracy"] = test_accuracy
     (folder / "metrics.json").write_text(json.dumps(m))
-    (folder / "history.csv").write_text("epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds\n"
-                                        "1,2.0,0.3,1.9,0.35,0.001,0.5\n2,1.5,0.5,1.6,0.45,0.001,0.5\n")
+    (folder / "history.csv").write_text(
+        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds\n"
+        "1,2.0,0.3,1.9,0.35,0.001,0.5\n2,1.5,0.5,1.6,0.45,0.001,0.5\n"
+    )
     return folder
 
 
 def synthetic_data(n: int = 200, seed: int = 0) -> FakeData:
     rng = np.random.default_rng(seed)
-    return FakeData(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64))
+    return FakeData(
+        rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
+    )
 
 
 def test_evaluate_run_uses_calibrated_probabilities(tmp_path):
@@ -226,8 +240,11 @@ def test_list_and_sort_runs(tmp_path):
     (runs / "not-a-run").mkdir()
     (runs / "not-a-run" / "notes.txt").write_text("x")
     (runs / "interrupted").mkdir()
-    (runs / "interrupted" / "manifest.json").write_text(json.dumps({"config": {"model": "best", "epochs": 15, "seed": 1},
-                                                                   "started": "2024-01-01T00:00:00+00:00"}))
+    (runs / "interrupted" / "manifest.json").write_text(
+        json.dumps(
+            {"config": {"model": "best", "epochs": 15, "seed": 1}, "started": "2024-01-01T00:00:00+00:00"}
+        )
+    )
     rows = list_runs(runs)
     assert [r["name"] for r in rows] == ["a", "b", "group/c", "interrupted"]
     by = {r["name"]: r for r in rows}

@@ -31,8 +31,13 @@ def make_run(folder, x_stats=None, *, temperature=1.3, threshold=0.7):
         with torch.no_grad():
             for i in range(0, len(x_stats), 500):
                 model(as_batch(x_stats[i : i + 500]))
-    save_checkpoint(folder / "model.pt", model.eval(), model_name="cnn", temperature=temperature,
-                    unsure_threshold=threshold)
+    save_checkpoint(
+        folder / "model.pt",
+        model.eval(),
+        model_name="cnn",
+        temperature=temperature,
+        unsure_threshold=threshold,
+    )
     return folder
 
 
@@ -117,9 +122,15 @@ def test_export_cli(exported, tmp_path):
     assert res.returncode == 0, res.stderr
     assert out.is_file() and "wrote" in res.stdout
     bad = subprocess.run([*cmd[:5], "--format", "tflite"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown export format 'tflite'; supported: onnx"
-    missing = subprocess.run([sys.executable, "-m", "digitnet", "export", str(tmp_path / "none")],
-                             capture_output=True, text=True, timeout=120)
+    assert (
+        bad.returncode == 2 and bad.stderr.strip() == "error: unknown export format 'tflite'; supported: onnx"
+    )
+    missing = subprocess.run(
+        [sys.executable, "-m", "digitnet", "export", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("error: no model at")
     assert len(missing.stderr.strip().splitlines()) == 1
 

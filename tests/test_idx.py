@@ -114,7 +114,9 @@ def test_trailing_data_refused(tmp_path):
 
 
 def test_gzip_garbage_and_cut_gzip():
-    assert _err(b"\x1f\x8b" + b"garbage" * 10, "t10k-labels").startswith("t10k-labels: not a valid gzip stream")
+    assert _err(b"\x1f\x8b" + b"garbage" * 10, "t10k-labels").startswith(
+        "t10k-labels: not a valid gzip stream"
+    )
     good = gzip.compress(encode_idx(_images(50)))
     assert "gzip stream is truncated" in _err(good[: len(good) // 2], "t10k-images")
     flipped = bytearray(good)

@@ -26,8 +26,14 @@ def make_run(folder, *, temperature: float = 1.5, threshold: float = 0.6, seed: 
 
     torch.manual_seed(seed)
     model = build_model("cnn").eval()
-    save_checkpoint(folder / "model.pt", model, model_name="cnn", temperature=temperature,
-                    unsure_threshold=threshold, meta={"note": "test"})
+    save_checkpoint(
+        folder / "model.pt",
+        model,
+        model_name="cnn",
+        temperature=temperature,
+        unsure_threshold=threshold,
+        meta={"note": "test"},
+    )
     return folder
 
 
@@ -42,6 +48,7 @@ def predictor(run):
 
 
 # -- calibration --------------------------------------------------------------------------------
+
 
 def test_fit_temperature_recovers_the_true_temperature():
     rng = np.random.default_rng(0)
@@ -108,6 +115,7 @@ def test_coverage_curve():
 
 # -- Predictor ----------------------------------------------------------------------------------
 
+
 def test_predict_proba_is_calibrated_softmax(run, predictor):
     from digitnet.checkpoint import load_checkpoint
     from digitnet.inference.batching import batched_logits
@@ -128,12 +136,23 @@ def test_predict_accepts_as_batch_forms(predictor):
     ref = predictor.predict_proba(x)
     import torch
 
-    for form in (x.reshape(3, 784), x[:, None], x / 255.0, (x / 255.0).astype(np.float32), torch.from_numpy(x),
-                 torch.from_numpy(x / 255.0).float(), (x / 255.0).tolist()):
+    for form in (
+        x.reshape(3, 784),
+        x[:, None],
+        x / 255.0,
+        (x / 255.0).astype(np.float32),
+        torch.from_numpy(x),
+        torch.from_numpy(x / 255.0).float(),
+        (x / 255.0).tolist(),
+    ):
         assert np.allclose(predictor.predict_proba(form), ref, atol=1e-5)
     assert np.allclose(predictor.predict_proba(torch.from_numpy(x / 255.0).bfloat16()), ref, atol=0.05)
-    for bad, why in [(np.zeros((2, 27, 27)), "shaped"), (x.astype(np.int64), "uint8 0-255 or float"),
-                     (np.full((1, 28, 28), np.nan), "NaN"), (np.full((1, 28, 28), 2.0), r"\[0, 1\]")]:
+    for bad, why in [
+        (np.zeros((2, 27, 27)), "shaped"),
+        (x.astype(np.int64), "uint8 0-255 or float"),
+        (np.full((1, 28, 28), np.nan), "NaN"),
+        (np.full((1, 28, 28), 2.0), r"\[0, 1\]"),
+    ]:
         with pytest.raises(InputError, match=why):
             predictor.predict_proba(bad)
     assert predictor.predict_proba(np.zeros((0, 28, 28), np.uint8)).shape == (0, 10)
@@ -149,14 +168,18 @@ def test_predict_arrays_and_to_dict(predictor):
         assert pred.unsure == (pred.confidence < 0.6) and not pred.empty
         assert pred.image.shape == (28, 28) and pred.image.dtype == np.float32
         d = json.loads(json.dumps(pred.to_dict()))
-        assert set(d) == {"digit", "confidence", "probabilities", "unsure", "empty"} and len(d["probabilities"]) == 10
+        assert (
+            set(d) == {"digit", "confidence", "probabilities", "unsure", "empty"}
+            and len(d["probabilities"]) == 10
+        )
 
 
 def seven(size=150):
     img = Image.new("L", (size, size), 240)
     k = size / 150  # the same drawing at any size
-    ImageDraw.Draw(img).line([(30 * k, 30 * k), (110 * k, 30 * k), (60 * k, 130 * k)], fill=10,
-                             width=max(2, round(12 * k)))
+    ImageDraw.Draw(img).line(
+        [(30 * k, 30 * k), (110 * k, 30 * k), (60 * k, 130 * k)], fill=10, width=max(2, round(12 * k))
+    )
     return img
 
 

@@ -37,8 +37,12 @@ def test_tta_output_is_the_log_of_the_mean_view_probability():
         assert model.tta == 1  # restored after the block
         expected = torch.softmax(views, 1).reshape(9, 5, 10).mean(0).log()
         torch.testing.assert_close(out, expected)
-        assert torch.allclose(out.exp().sum(1), torch.ones(5))  # softmax(out) gives the averaged probabilities
-        assert not torch.allclose(out.softmax(1), plain.softmax(1), atol=1e-4)  # the averaging changed something
+        assert torch.allclose(
+            out.exp().sum(1), torch.ones(5)
+        )  # softmax(out) gives the averaged probabilities
+        assert not torch.allclose(
+            out.softmax(1), plain.softmax(1), atol=1e-4
+        )  # the averaging changed something
 
 
 def test_training_forward_ignores_tta():
@@ -67,8 +71,16 @@ def test_best_predicts_with_tta_and_fit_selects_on_single_view():
     x = rng.integers(0, 40, (400, 28, 28)).astype(np.uint8)
     for i, c in enumerate(y):
         x[i, 4 + (c // 5) * 12 : 10 + (c // 5) * 12, 2 + (c % 5) * 5 : 8 + (c % 5) * 5] = 255
-    cfg = TrainConfig.for_model("cnn", epochs=2, batch_size=50, lr=0.05, threads=1, augment=0.0, bf16=False,
-                                model_kwargs={**SMALL, "tta": 1})
+    cfg = TrainConfig.for_model(
+        "cnn",
+        epochs=2,
+        batch_size=50,
+        lr=0.05,
+        threads=1,
+        augment=0.0,
+        bf16=False,
+        model_kwargs={**SMALL, "tta": 1},
+    )
     res = fit(cfg, x[:300], y[:300], x[300:], y[300:])
     assert res.model.tta == 1
     yv = torch.as_tensor(y[300:])
@@ -76,7 +88,11 @@ def test_best_predicts_with_tta_and_fit_selects_on_single_view():
         single = batched_logits(res.model, x[300:])
     averaged = batched_logits(res.model, x[300:])
     row = res.history[res.best_epoch - 1]  # the epoch whose weights fit returned
-    assert row["val_accuracy"] == res.val_accuracy == pytest.approx((single.argmax(1) == yv).float().mean().item())
+    assert (
+        row["val_accuracy"]
+        == res.val_accuracy
+        == pytest.approx((single.argmax(1) == yv).float().mean().item())
+    )
     loss = torch.nn.functional.cross_entropy
     assert row["val_loss"] == pytest.approx(loss(single, yv).item(), rel=1e-4)
     assert row["val_loss"] != pytest.approx(loss(averaged, yv).item(), rel=1e-3)
@@ -115,9 +131,13 @@ def test_checkpoints_from_before_tta_still_mean_one_view(tmp_path):
     from digitnet.checkpoint import load_checkpoint, save_checkpoint
     from digitnet.models import Ensemble
 
-    save_checkpoint(tmp_path / "old" / "model.pt", build_model("best", tta=0), model_name="best", model_kwargs={})
+    save_checkpoint(
+        tmp_path / "old" / "model.pt", build_model("best", tta=0), model_name="best", model_kwargs={}
+    )
     old = load_checkpoint(tmp_path / "old")
-    assert old.model.tta == 0 and old.model_kwargs["tta"] == 0 and old.model_kwargs["blocks"][0] == (32, False)
+    assert (
+        old.model.tta == 0 and old.model_kwargs["tta"] == 0 and old.model_kwargs["blocks"][0] == (32, False)
+    )
     ens = Ensemble([{"model": "best", "kwargs": {}}, {"model": "best", "kwargs": {"tta": 1}}])
     assert [m.tta for m in ens.members] == [0, 1]
 
@@ -134,8 +154,15 @@ def test_distillation_teacher_predicts_from_one_view(tmp_path):
     student = torch.zeros(6, 10)
     with torch.no_grad(), single_view(model):
         one_view = model(x)
-    expected = torch.nn.functional.kl_div(torch.log_softmax(student / 2, 1), torch.log_softmax(one_view / 2, 1),
-                                          log_target=True, reduction="batchmean") * 4
+    expected = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(student / 2, 1),
+            torch.log_softmax(one_view / 2, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * 4
+    )
     torch.testing.assert_close(teacher.loss(student, x, torch.tensor(0.0)), expected)
     assert teacher.model.tta == 1  # restored after each step
 
@@ -148,8 +175,13 @@ def test_onnx_views_metadata_is_checked(tmp_path, views):
     from digitnet.inference.export import read_metadata
 
     proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
-    for k, v in {"digitnet.format": "digitnet-onnx/1", "digitnet.model": "cnn", "digitnet.temperature": "1.0",
-                 "digitnet.unsure_threshold": "0.5", "digitnet.views": views}.items():
+    for k, v in {
+        "digitnet.format": "digitnet-onnx/1",
+        "digitnet.model": "cnn",
+        "digitnet.temperature": "1.0",
+        "digitnet.unsure_threshold": "0.5",
+        "digitnet.views": views,
+    }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     with pytest.raises(ModelError, match=r"digitnet\.views must be 1 to 25"):

@@ -20,8 +20,16 @@ def test_notebook_is_committed_without_outputs():
     assert nb.metadata.kernelspec.name == "python3"
     source = "\n".join(c.source for c in code)
     # the original workflow, on digitnet's API
-    for needle in ("load_mnist()", "plt.imshow", 'DigitClassifier("seed-mlp"', "predict_proba", "argmax",
-                   "plot_confusion_matrix", 'DigitClassifier("cnn"', "DIGITNET_NOTEBOOK_EPOCHS"):
+    for needle in (
+        "load_mnist()",
+        "plt.imshow",
+        'DigitClassifier("seed-mlp"',
+        "predict_proba",
+        "argmax",
+        "plot_confusion_matrix",
+        'DigitClassifier("cnn"',
+        "DIGITNET_NOTEBOOK_EPOCHS",
+    ):
         assert needle in source, needle
 
 
@@ -40,10 +48,14 @@ def test_notebook_executes_on_real_mnist(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DIGITNET_NOTEBOOK_EPOCHS", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows the figures
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
     def text(cell) -> str:
-        return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+        return "".join(
+            o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout"
+        )
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     for c in code:  # for the log: epoch lines with their timings

@@ -17,8 +17,14 @@ from digitnet.errors import InputError
 from digitnet.inference.preprocess import ACCEPTED_FORMATS, MNIST_COM, as_mnist, decode_image, preprocess
 
 
-def draw_digit(size: int = 200, *, canvas: tuple[int, int] | None = None, offset: tuple[int, int] = (0, 0),
-               dark_on_light: bool = True, width: int | None = None) -> Image.Image:
+def draw_digit(
+    size: int = 200,
+    *,
+    canvas: tuple[int, int] | None = None,
+    offset: tuple[int, int] = (0, 0),
+    dark_on_light: bool = True,
+    width: int | None = None,
+) -> Image.Image:
     """A '7'-like stroke drawn in a size×size box placed at `offset` on a canvas."""
     w, h = canvas or (size, size)
     bg, ink = (235, 20) if dark_on_light else (0, 255)
@@ -39,13 +45,21 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width×height with almost no data: a cheap decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 # -- decode -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
 def test_decode_every_accepted_format(fmt):
@@ -147,6 +161,7 @@ def test_accepted_formats_constant():
 
 # -- preprocess ---------------------------------------------------------------------------------
 
+
 def ink_box(a: np.ndarray, level: float = 0.1) -> tuple[int, int]:
     rows, cols = np.flatnonzero((a > level).any(1)), np.flatnonzero((a > level).any(0))
     return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
@@ -189,14 +204,19 @@ def test_anti_aliased_edges_kept():
     assert grey > 20  # partial pixels around the strokes, not a binary mask
 
 
-@pytest.mark.parametrize("make", [
-    lambda: np.full((100, 100), 255, np.uint8),  # blank paper
-    lambda: np.zeros((100, 100), np.uint8),  # all black
-    lambda: np.full((64, 80), 128, np.uint8),  # uniform grey
-    lambda: np.clip(np.random.default_rng(1).normal(225, 4, (300, 300)), 0, 255).astype(np.uint8),  # light noise
-    lambda: np.zeros((1, 1), np.uint8),  # a single pixel
-    lambda: np.full((1, 1), 255, np.uint8),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.full((100, 100), 255, np.uint8),  # blank paper
+        lambda: np.zeros((100, 100), np.uint8),  # all black
+        lambda: np.full((64, 80), 128, np.uint8),  # uniform grey
+        lambda: np.clip(np.random.default_rng(1).normal(225, 4, (300, 300)), 0, 255).astype(
+            np.uint8
+        ),  # light noise
+        lambda: np.zeros((1, 1), np.uint8),  # a single pixel
+        lambda: np.full((1, 1), 255, np.uint8),
+    ],
+)
 def test_empty_images_reported(make):
     p = preprocess(make())
     assert p.empty and p.image.shape == (28, 28) and not p.image.any()

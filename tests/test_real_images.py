@@ -33,12 +33,16 @@ def photo_of(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     big = big.filter(ImageFilter.MaxFilter(int(rng.choice([3, 5])) if n > 60 else 3))  # thicker strokes
     w, h = (int(rng.integers(max(100, n + 10), 401)) for _ in range(2))
     paper, ink = rng.uniform(0.8, 0.95), rng.uniform(0.05, 0.3)
-    canvas = np.full((h, w), paper, np.float32) + rng.normal(0, rng.uniform(0.01, 0.04), (h, w)).astype(np.float32)
+    canvas = np.full((h, w), paper, np.float32) + rng.normal(0, rng.uniform(0.01, 0.04), (h, w)).astype(
+        np.float32
+    )
     y, x = int(rng.integers(0, h - n + 1)), int(rng.integers(0, w - n + 1))
     a = np.asarray(big, np.float32) / 255.0
     canvas[y : y + n, x : x + n] = canvas[y : y + n, x : x + n] * (1 - a) + ink * a
     buf = io.BytesIO()
-    Image.fromarray((np.clip(canvas, 0, 1) * 255).astype(np.uint8)).save(buf, "JPEG", quality=int(rng.integers(40, 86)))
+    Image.fromarray((np.clip(canvas, 0, 1) * 255).astype(np.uint8)).save(
+        buf, "JPEG", quality=int(rng.integers(40, 86))
+    )
     return buf.getvalue()
 
 
@@ -50,8 +54,10 @@ def test_real_image_suite(mnist, predictor):
     digits = np.array([-1 if p.digit is None else p.digit for p in preds])
     acc = float((digits == mnist.y_test[idx]).mean())
     answered = np.array([not p.unsure for p in preds])
-    print(f"\nreal-image suite: {acc:.1%} of 500 right; {answered.mean():.1%} answered (not unsure), "
-          f"{(digits == mnist.y_test[idx])[answered].mean():.2%} of those right")
+    print(
+        f"\nreal-image suite: {acc:.1%} of 500 right; {answered.mean():.1%} answered (not unsure), "
+        f"{(digits == mnist.y_test[idx])[answered].mean():.2%} of those right"
+    )
     assert sum(p.empty for p in preds) == 0
     assert acc >= 0.97, f"only {acc:.1%} of 500 real-style images right"
 
@@ -65,8 +71,10 @@ def test_non_digits_flagged(predictor, mnist):
     blank, marks = preds[:10], preds[10:]
     flagged_marks = sum(p.unsure for p in marks)
     digits_unsure = float((predictor.predict_proba(mnist.x_test).max(1) < predictor.unsure_threshold).mean())
-    print(f"\nnon-digits flagged: blank/near-blank {sum(p.unsure for p in blank)}/10 "
-          f"(empty {sum(p.empty for p in blank)}), scribbles/shapes {flagged_marks}/30, "
-          f"real test digits {digits_unsure:.2%}")
+    print(
+        f"\nnon-digits flagged: blank/near-blank {sum(p.unsure for p in blank)}/10 "
+        f"(empty {sum(p.empty for p in blank)}), scribbles/shapes {flagged_marks}/30, "
+        f"real test digits {digits_unsure:.2%}"
+    )
     assert all(p.empty and p.unsure for p in blank)
     assert flagged_marks / len(marks) > digits_unsure, (flagged_marks, digits_unsure)

@@ -71,8 +71,15 @@ def test_write_report_writes_valid_files(evaluated):
     run, _, metrics = evaluated
     html_path = write_report(run, metrics)
     assert html_path == run / "report.html"
-    expected = {"report.json", "confusion_matrix.json", "confusion_matrix.png", "misclassified.png",
-                "calibration.png", "curves.png", "report.html"}
+    expected = {
+        "report.json",
+        "confusion_matrix.json",
+        "confusion_matrix.png",
+        "misclassified.png",
+        "calibration.png",
+        "curves.png",
+        "report.html",
+    }
     assert expected <= {p.name for p in run.iterdir()}
     assert not list(run.glob(".*.tmp"))  # atomic writes leave no temp files behind
     for name in expected:
@@ -108,12 +115,21 @@ def test_error_gallery_images_travel_in_the_dict(evaluated):
         np.testing.assert_array_equal(error_image(err), data.x_test[err["index"]])
         np.testing.assert_array_equal(error_image(err, data.x_test), data.x_test[err["index"]])
     fig = plot_misclassified(metrics["worst_errors"][:3])
-    assert len(fig.axes) == 3 and fig.axes[0].get_title().startswith(f"true {metrics['worst_errors'][0]['true']}")
+    assert len(fig.axes) == 3 and fig.axes[0].get_title().startswith(
+        f"true {metrics['worst_errors'][0]['true']}"
+    )
 
 
 def test_html_escapes_untrusted_text():
-    metrics = {"run": "<script>alert(1)</script>", "model": "cnn", "n": 1, "accuracy": 1.0, "error_count": 0,
-               "config": {"note": "<b>x</b>"}, "calibration": {"ece": 0.0}}
+    metrics = {
+        "run": "<script>alert(1)</script>",
+        "model": "cnn",
+        "n": 1,
+        "accuracy": 1.0,
+        "error_count": 0,
+        "config": {"note": "<b>x</b>"},
+        "calibration": {"ece": 0.0},
+    }
     page = render_html(metrics, {})
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>x</b>" not in page
 
@@ -149,8 +165,10 @@ def test_read_history(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,train_loss,val_accuracy,lr\n1,0.5,,0.1\n2,0.25,0.9,0.05\n")
     rows = read_history(path)
-    assert rows == [{"epoch": 1, "train_loss": 0.5, "lr": 0.1}, {"epoch": 2, "train_loss": 0.25, "val_accuracy": 0.9,
-                                                                  "lr": 0.05}]  # empty cells dropped
+    assert rows == [
+        {"epoch": 1, "train_loss": 0.5, "lr": 0.1},
+        {"epoch": 2, "train_loss": 0.25, "val_accuracy": 0.9, "lr": 0.05},
+    ]  # empty cells dropped
     assert read_history(tmp_path / "missing.csv") == []
     fig = plot_curves(rows)
     assert [line.get_label() for line in fig.axes[1].lines] == ["val"]

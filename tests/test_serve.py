@@ -53,15 +53,33 @@ def png_bomb_header(width: int = 30000, height: int = 30000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def start_cli_server(model: Path | str, port: int, *extra: str) -> subprocess.Popen:
     """`digitnet serve` in a subprocess (the real CLI → uvicorn → app_from_env path)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "digitnet", "serve", "--model", str(model), "--port", str(port),
-         "--log-level", "warning", *extra],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "digitnet",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -124,6 +142,7 @@ class FakePredictor:
 
 # --------------------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """An untrained CNN saved the way training saves it."""
@@ -151,7 +170,9 @@ def client(predictor):
         yield c
 
 
-def post_file(client, data: bytes, name: str = "digit.png", ctype: str = "image/png", path: str = "/v1/predict"):
+def post_file(
+    client, data: bytes, name: str = "digit.png", ctype: str = "image/png", path: str = "/v1/predict"
+):
     return client.post(path, files={"file": (name, data, ctype)})
 
 
@@ -160,7 +181,7 @@ def assert_error(resp, status: int, code: str | None = None) -> dict:
     assert resp.headers["content-type"].startswith("application/json")
     body = resp.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert "Traceback" not in resp.text and ".py\", line" not in resp.text
+    assert "Traceback" not in resp.text and '.py", line' not in resp.text
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
@@ -179,6 +200,7 @@ def assert_prediction(body: dict, name: str = "cnn") -> None:
 
 
 # ---------------------------------------------------------------------------------- health, ready
+
 
 def test_healthz_and_readyz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -200,6 +222,7 @@ def test_readyz_is_503_until_the_lifespan_has_loaded_the_model(ckpt):
 
 # -------------------------------------------------------------------------------- good predictions
 
+
 def test_predict_json_pixels_nested_flat_and_both_scales_agree(client):
     one = digit_one()
     nested = client.post("/v1/predict", json={"pixels": one.tolist()})
@@ -208,7 +231,9 @@ def test_predict_json_pixels_nested_flat_and_both_scales_agree(client):
     assert_prediction(body)
     # Raw pixels (preprocess false) reach the model as sent: the echoed image is the input /255.
     np.testing.assert_allclose(np.asarray(body["image"]), one / 255.0, atol=1e-3)
-    flat01 = client.post("/v1/predict", json={"pixels": (one / 255.0).ravel().tolist(), "scale": "0-1"}).json()
+    flat01 = client.post(
+        "/v1/predict", json={"pixels": (one / 255.0).ravel().tolist(), "scale": "0-1"}
+    ).json()
     np.testing.assert_allclose(flat01["probabilities"], body["probabilities"], atol=1e-5)
     auto01 = client.post("/v1/predict", json={"pixels": (one / 255.0).ravel().tolist()}).json()
     np.testing.assert_allclose(auto01["probabilities"], body["probabilities"], atol=1e-5)
@@ -257,6 +282,7 @@ def test_image_base64_plain_and_data_url(client):
 
 # ------------------------------------------------------------------------------------- bad input
 
+
 def test_non_image_truncated_and_bomb_uploads_are_422(client):
     assert_error(post_file(client, b"just some text, no image here"), 422, "invalid_input")
     png = encode(digit_one(56), "PNG")
@@ -268,21 +294,24 @@ def test_non_image_truncated_and_bomb_uploads_are_422(client):
     assert_error(post_file(client, b""), 422, "invalid_input")
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    ({"pixels": [[0] * 28] * 27}, "28x28"),
-    ({"pixels": [0] * 783}, "784"),
-    ({"pixels": [[0] * 28] * 27 + [[0] * 27]}, "28x28"),
-    ({"pixels": [[[0] * 28] * 28]}, "pixels"),
-    ({"pixels": ["1"] * 784}, "number"),
-    ({"pixels": [True] * 784}, "number"),
-    ({"pixels": [-1] + [0] * 783}, "negative"),
-    ({"pixels": [256] + [0] * 783}, "255"),
-    ({"pixels": [2] + [0] * 783, "scale": "0-1"}, "at most 1"),
-    ({"pixels": [0] * 784, "extra": 1}, "extra"),
-    ({"pixels": [0] * 784, "image_base64": "AAAA"}, "exactly one"),
-    ({}, "exactly one"),
-    ([1, 2, 3], "object"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ({"pixels": [[0] * 28] * 27}, "28x28"),
+        ({"pixels": [0] * 783}, "784"),
+        ({"pixels": [[0] * 28] * 27 + [[0] * 27]}, "28x28"),
+        ({"pixels": [[[0] * 28] * 28]}, "pixels"),
+        ({"pixels": ["1"] * 784}, "number"),
+        ({"pixels": [True] * 784}, "number"),
+        ({"pixels": [-1] + [0] * 783}, "negative"),
+        ({"pixels": [256] + [0] * 783}, "255"),
+        ({"pixels": [2] + [0] * 783, "scale": "0-1"}, "at most 1"),
+        ({"pixels": [0] * 784, "extra": 1}, "extra"),
+        ({"pixels": [0] * 784, "image_base64": "AAAA"}, "exactly one"),
+        ({}, "exactly one"),
+        ([1, 2, 3], "object"),
+    ],
+)
 def test_wrong_json_is_422_with_a_useful_message(client, payload, fragment):
     err = assert_error(client.post("/v1/predict", json=payload), 422, "invalid_input")
     assert fragment.lower() in err["message"].lower(), err
@@ -306,7 +335,9 @@ def test_invalid_json_and_unsupported_content_types(client):
     assert_error(client.post("/v1/predict", content=b"pixels=1", headers={"content-type": "text/plain"}), 415)
     assert_error(client.post("/v1/predict", content=b"{}", headers={"content-type": ""}), 415)
     assert_error(client.post("/v1/predict", data={"file": "not a file"}), 415)  # urlencoded form
-    r = client.post("/v1/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    r = client.post(
+        "/v1/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert_error(r, 422)
     r = client.post("/v1/predict", files={"other": ("a.png", png, "image/png")})
     assert "'file'" in assert_error(r, 422)["message"]
@@ -318,6 +349,7 @@ def test_unknown_route_and_method_have_the_error_shape(client):
 
 
 # -------------------------------------------------------------------------------------- batches
+
 
 def test_batch_json_mixed_items_keep_order_and_match_single(client):
     one = digit_one()
@@ -336,7 +368,9 @@ def test_batch_json_mixed_items_keep_order_and_match_single(client):
 
 def test_batch_multipart_files(client):
     pngs = [encode(digit_one(56, dark_on_light=True), "PNG"), encode(np.zeros((28, 28), np.uint8), "PNG")]
-    r = client.post("/v1/predict/batch", files=[("files", (f"{i}.png", d, "image/png")) for i, d in enumerate(pngs)])
+    r = client.post(
+        "/v1/predict/batch", files=[("files", (f"{i}.png", d, "image/png")) for i, d in enumerate(pngs)]
+    )
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert [p["empty"] for p in preds] == [False, True]
@@ -350,15 +384,20 @@ def test_batch_limits_and_a_bad_item_named(client):
     assert "256" in err["message"]
     assert_error(client.post("/v1/predict/batch", json={"items": []}), 422)
     tiny = encode(np.zeros((8, 8), np.uint8), "PNG")
-    r = client.post("/v1/predict/batch", files=[("files", (f"{i}.png", tiny, "image/png")) for i in range(257)])
+    r = client.post(
+        "/v1/predict/batch", files=[("files", (f"{i}.png", tiny, "image/png")) for i in range(257)]
+    )
     assert "256" in assert_error(r, 422)["message"]
     bad = client.post("/v1/predict/batch", json={"items": [{"pixels": small}, {"pixels": [300] * 784}]})
     assert "items[1]" in assert_error(bad, 422)["message"]
-    r = client.post("/v1/predict/batch", files=[("files", ("a.tif", encode(digit_one(), "TIFF"), "image/tiff"))])
+    r = client.post(
+        "/v1/predict/batch", files=[("files", ("a.tif", encode(digit_one(), "TIFF"), "image/tiff"))]
+    )
     assert_error(r, 415)
 
 
 # ------------------------------------------------------------------------------------ body limits
+
 
 def test_body_cap_with_content_length_json_and_multipart(predictor):
     with TestClient(create_app(predictor=predictor, max_body_bytes=10_000)) as c:
@@ -391,8 +430,10 @@ def test_chunked_upload_over_a_real_socket_is_cut_off(predictor):
         port = int(srv.url.rsplit(":", 1)[1])
         for ctype in ("application/json", "multipart/form-data; boundary=zz"):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-                          "Transfer-Encoding: chunked\r\n\r\n".encode())
+                s.sendall(
+                    f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n".encode()
+                )
                 chunk = b"a" * 8192
                 sent = 0
                 try:
@@ -413,8 +454,10 @@ def test_a_refused_body_closes_the_connection(predictor):
     with ThreadServer(create_app(predictor=predictor, max_body_bytes=50_000), free_port()) as srv:
         port = int(srv.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 5000000\r\n\r\n{\"pixels\": [")
+            s.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 5000000\r\n\r\n{"pixels": ['
+            )
             reply = b""
             while b"}}" not in reply:
                 reply += s.recv(65536)
@@ -424,6 +467,7 @@ def test_a_refused_body_closes_the_connection(predictor):
 
 
 # ------------------------------------------------------------------------------ overload, crashes
+
 
 def test_overload_is_refused_at_once_with_retry_after():
     slow = FakePredictor(delay=0.8)
@@ -451,11 +495,16 @@ def test_an_internal_failure_is_a_plain_500_without_details():
     with TestClient(create_app(predictor=FakePredictor(fail=True)), raise_server_exceptions=False) as c:
         r = c.post("/v1/predict", json={"pixels": [0] * 784})
         err = assert_error(r, 500, "internal_error")
-        assert "secret" not in r.text and "RuntimeError" not in r.text and err["message"] == "internal server error"
+        assert (
+            "secret" not in r.text
+            and "RuntimeError" not in r.text
+            and err["message"] == "internal server error"
+        )
         assert c.get("/healthz").status_code == 200  # the worker lives on
 
 
 # ---------------------------------------------------------------------------------------- metrics
+
 
 def metric(text: str, name: str, **labels) -> float:
     sel = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -473,8 +522,11 @@ def test_metrics_counters_move(predictor):
         digit = c.post("/v1/predict", json={"pixels": one}).json()["digit"]
         c.post("/v1/predict", json={"pixels": [0] * 784, "preprocess": True})  # empty
         c.post("/v1/predict", json={"pixels": [0] * 783})  # 422
-        c.post("/v1/predict", content=json.dumps({"pixels": [0.123456789] * 784}),
-               headers={"content-type": "application/json"})  # 413
+        c.post(
+            "/v1/predict",
+            content=json.dumps({"pixels": [0.123456789] * 784}),
+            headers={"content-type": "application/json"},
+        )  # 413
         c.get("/no/such/path")
         after = c.get("/metrics").text
         req = "digitnet_http_requests_total"
@@ -493,6 +545,7 @@ def test_metrics_counters_move(predictor):
 
 
 # ------------------------------------------------------------------------------- page, docs, CLI
+
 
 def test_page_and_static_assets_are_served_with_no_external_urls(client):
     page = client.get("/")
@@ -517,11 +570,15 @@ def test_openapi_documents_both_body_types(client):
 
 
 def test_cli_serve_refuses_bad_arguments_with_exit_2(tmp_path):
-    for args, fragment in ((["--model", str(tmp_path / "missing")], "no model"),
-                           (["--port", "70000"], "port"), (["--workers", "0"], "workers"),
-                           (["--max-body-bytes", "0"], "max_body_bytes")):
-        r = subprocess.run([sys.executable, "-m", "digitnet", "serve", *args], capture_output=True, text=True,
-                           timeout=60)
+    for args, fragment in (
+        (["--model", str(tmp_path / "missing")], "no model"),
+        (["--port", "70000"], "port"),
+        (["--workers", "0"], "workers"),
+        (["--max-body-bytes", "0"], "max_body_bytes"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "digitnet", "serve", *args], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("error:") and fragment in r.stderr and "Traceback" not in r.stderr
 
@@ -535,9 +592,13 @@ def test_cli_serve_runs_the_service_and_bench_drives_it(ckpt):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(port, proc)
-        r = httpx.post(url + "/v1/predict", files={"file": ("d.png", encode(digit_one(56), "PNG"), "image/png")})
+        r = httpx.post(
+            url + "/v1/predict", files={"file": ("d.png", encode(digit_one(56), "PNG"), "image/png")}
+        )
         assert r.status_code == 200 and r.json()["model"]["name"] == "cnn"
-        res = run_bench_serve(ServeBenchConfig(duration_s=1.5, warmup_s=0, concurrency=4, mode="mixed", url=url))
+        res = run_bench_serve(
+            ServeBenchConfig(duration_s=1.5, warmup_s=0, concurrency=4, mode="mixed", url=url)
+        )
         assert res["good_ok"] > 10 and res["good_errors"] == 0, res
         assert res["bad"] > 0 and res["bad_errors"] == 0 and res["bad_4xx"] == res["bad"], res
         assert res["latency_ms"]["p50"] is not None
@@ -575,7 +636,7 @@ def test_stalled_body_gets_408_without_holding_a_prediction_slot():
     async def receive():
         if first[0]:
             first[0] = False
-            return {"type": "http.request", "body": b"{\"pix", "more_body": True}
+            return {"type": "http.request", "body": b'{"pix', "more_body": True}
         await asyncio.sleep(3600)  # the client stalls
 
     async def send(message):

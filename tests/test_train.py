@@ -57,12 +57,29 @@ def toy() -> ToyData:
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=64, lr=0.05, val_size=200, threads=1, model_kwargs={"stem": 8, "blocks": [[8, True], [16, True]]})
+    base = dict(
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        val_size=200,
+        threads=1,
+        model_kwargs={"stem": 8, "blocks": [[8, True], [16, True]]},
+    )
     return TrainConfig.for_model("cnn", **{**base, **kw})
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(lr=float("nan")), dict(optimizer="rmsprop"),
-                                 dict(label_smoothing=1.0), dict(device="tpu"), dict(val_size=-5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(epochs=0),
+        dict(lr=-1.0),
+        dict(lr=float("nan")),
+        dict(optimizer="rmsprop"),
+        dict(label_smoothing=1.0),
+        dict(device="tpu"),
+        dict(val_size=-5),
+    ],
+)
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError):
         TrainConfig.for_model("cnn", **bad)
@@ -87,7 +104,10 @@ def test_every_registry_recipe_trains_and_folds(name, toy):
     torch.manual_seed(cfg.seed)
     untrained = build_model(name)
     model = fit(cfg, toy.x_train[:256], toy.y_train[:256]).model
-    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), untrained.state_dict().values(), strict=True)]
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), untrained.state_dict().values(), strict=True)
+    ]
     assert any(changed), f"{name}: one epoch left every weight at its initial value"
     x = as_batch(toy.x_test[:32])
     with torch.no_grad():
@@ -97,7 +117,7 @@ def test_every_registry_recipe_trains_and_folds(name, toy):
 
 
 def test_auto_precision_probes_once_per_machine_and_network(tmp_path, monkeypatch):
-    """"auto" takes bf16 only when the probe finds it clearly faster, and remembers the answer."""
+    """ "auto" takes bf16 only when the probe finds it clearly faster, and remembers the answer."""
     from digitnet.models import build_model
     from digitnet.training import recipe
 
@@ -110,7 +130,10 @@ def test_auto_precision_probes_once_per_machine_and_network(tmp_path, monkeypatc
 
     monkeypatch.setattr(recipe, "_step_seconds", fake_probe)
     model, cpu = build_model("cnn"), torch.device("cpu")
-    assert recipe.resolve_bf16("bf16", model, cpu, 64) is True and recipe.resolve_bf16("fp32", model, cpu, 64) is False
+    assert (
+        recipe.resolve_bf16("bf16", model, cpu, 64) is True
+        and recipe.resolve_bf16("fp32", model, cpu, 64) is False
+    )
     assert probes == [] and recipe.resolve_bf16("auto", model, torch.device("cuda"), 64) is True
     speed_bf16 = 0.5  # twice as fast: bf16
     assert recipe.resolve_bf16("auto", model, cpu, 64, "net-a") is True and len(probes) == 2
@@ -129,8 +152,9 @@ def test_auto_precision_probe_leaves_the_run_untouched(toy, tmp_path, monkeypatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
     def cfg(bf16):
-        return TrainConfig.for_model("mlp", epochs=1, batch_size=64, val_size=0, threads=1, bf16=bf16,
-                                     model_kwargs={"hidden": 32})
+        return TrainConfig.for_model(
+            "mlp", epochs=1, batch_size=64, val_size=0, threads=1, bf16=bf16, model_kwargs={"hidden": 32}
+        )
 
     auto = fit(cfg("auto"), toy.x_train, toy.y_train)
     assert (tmp_path / "digitnet" / "precision.json").exists()
@@ -213,7 +237,9 @@ def test_distillation_from_a_saved_run(toy, tmp_path):
     """A student trained only on the teacher's soft targets (distill=1) still learns the task."""
     teacher_dir = tmp_path / "teacher"
     train(tiny(), toy, teacher_dir, quiet=True)
-    student = fit(tiny(teacher=str(teacher_dir), distill=1.0, seed=1), toy.x_train, toy.y_train, toy.x_test, toy.y_test)
+    student = fit(
+        tiny(teacher=str(teacher_dir), distill=1.0, seed=1), toy.x_train, toy.y_train, toy.x_test, toy.y_test
+    )
     assert student.val_accuracy > 0.9, student.history
     with pytest.raises(ConfigError, match="distill"):
         TrainConfig.for_model("cnn", distill=1.5)
@@ -224,14 +250,35 @@ def test_distillation_from_a_saved_run(toy, tmp_path):
 
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "digitnet", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitnet", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path):
     """kill -9 mid-run loses at most the current epoch, and resuming reproduces the same weights."""
-    args = ["train", "--dataset", "sample", "--offline", "--model", "cnn", "--epochs", "4", "--val-size", "500",
-            "--threads", "1", "--quiet", "--fp32"]  # pinned: two first runs probing at once could pick differently
+    args = [
+        "train",
+        "--dataset",
+        "sample",
+        "--offline",
+        "--model",
+        "cnn",
+        "--epochs",
+        "4",
+        "--val-size",
+        "500",
+        "--threads",
+        "1",
+        "--quiet",
+        "--fp32",
+    ]  # pinned: two first runs probing at once could pick differently
     full = _cli(*args, "--out", str(tmp_path / "full"))
     victim = _cli(*args, "--out", str(tmp_path / "cut"))
     deadline = time.time() + 240
@@ -240,7 +287,9 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert (tmp_path / "cut" / "last.pt").exists() and not (tmp_path / "cut" / "model.pt").exists()
-    resumed = _cli("train", "--out", str(tmp_path / "cut"), "--resume", "--dataset", "sample", "--offline", "--quiet")
+    resumed = _cli(
+        "train", "--out", str(tmp_path / "cut"), "--resume", "--dataset", "sample", "--offline", "--quiet"
+    )
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert full.wait(timeout=300) == 0, full.stderr.read()
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
@@ -273,8 +322,12 @@ def test_seed_mlp_one_epoch_on_real_mnist(mnist):
 
     accs = []
     for seed in (0, 1):
-        result = fit(TrainConfig.for_model("seed-mlp", epochs=1, seed=seed, val_size=0), mnist.x_train, mnist.y_train)
-        accs.append(float((batched_logits(result.model, mnist.x_test).argmax(1).numpy() == mnist.y_test).mean()))
+        result = fit(
+            TrainConfig.for_model("seed-mlp", epochs=1, seed=seed, val_size=0), mnist.x_train, mnist.y_train
+        )
+        accs.append(
+            float((batched_logits(result.model, mnist.x_test).argmax(1).numpy() == mnist.y_test).mean())
+        )
     assert np.mean(accs) > 0.80, accs
 
 
@@ -282,11 +335,32 @@ def test_seed_mlp_one_epoch_on_real_mnist(mnist):
 def test_torchrun_two_process_gloo(mnist_dir, tmp_path):
     """2 CPU processes (1 thread each) under torchrun write one run folder that evaluates sanely."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "digitnet",
-           "train", "--model", "cnn", "--epochs", "1", "--threads", "1", "--data-dir", str(mnist_dir),
-           "--offline", "--quiet", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "digitnet",
+        "train",
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--data-dir",
+        str(mnist_dir),
+        "--offline",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["test_accuracy"] >= 0.97, metrics

@@ -44,7 +44,9 @@ def server(web_model):
     from digitnet.serve import create_app
 
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(web_model), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(web_model), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     wait_ready(port, timeout=120)
@@ -101,7 +103,9 @@ def ink_sum(page, selector: str, paper: int = 0) -> int:
 def test_draw_predict_clear_and_upload(server, browser, tmp_path, mnist):
     page = browser.new_page(viewport={"width": 1100, "height": 820})
     foreign: list[str] = []
-    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else foreign.append(r.url))
+    page.on(
+        "request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else foreign.append(r.url)
+    )
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
@@ -114,7 +118,9 @@ def test_draw_predict_clear_and_upload(server, browser, tmp_path, mnist):
     assert wait_prediction(page) == "1"
     bars = page.locator("#bars .bar-row")
     assert bars.count() == 10
-    widths = [float(bars.nth(d).locator(".bar-fill").evaluate("e => parseFloat(e.style.width)")) for d in range(10)]
+    widths = [
+        float(bars.nth(d).locator(".bar-fill").evaluate("e => parseFloat(e.style.width)")) for d in range(10)
+    ]
     assert max(widths) == widths[1] and abs(sum(widths) - 100) < 1.5
     assert ink_sum(page, "#seen") > 0  # the 28×28 image the model saw is drawn
     page.screenshot(path=str(tmp_path / "web-one.png"), full_page=True)
@@ -127,8 +133,10 @@ def test_draw_predict_clear_and_upload(server, browser, tmp_path, mnist):
     assert ink_sum(page, "#pad", 0x11) == 0 and ink_sum(page, "#seen") == 0
 
     # A "0": an ellipse; then Escape clears too.
-    stroke(page, [(0.5 + 0.2 * math.sin(t), 0.5 - 0.3 * math.cos(t))
-                  for t in np.linspace(0, 2 * math.pi * 1.05, 40)])
+    stroke(
+        page,
+        [(0.5 + 0.2 * math.sin(t), 0.5 - 0.3 * math.cos(t)) for t in np.linspace(0, 2 * math.pi * 1.05, 40)],
+    )
     assert wait_prediction(page) == "0"
     page.keyboard.press("Escape")
     assert page.locator("#result").get_attribute("data-state") == "empty"
@@ -139,11 +147,15 @@ def test_draw_predict_clear_and_upload(server, browser, tmp_path, mnist):
     img = Image.fromarray(255 - mnist.x_test[0]).resize((140, 140), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    page.set_input_files("#upload", files=[{"name": "photo.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.set_input_files(
+        "#upload", files=[{"name": "photo.png", "mimeType": "image/png", "buffer": buf.getvalue()}]
+    )
     assert wait_prediction(page) == str(int(mnist.y_test[0]))
 
     # A file the server refuses shows its message, not a crash.
-    page.set_input_files("#upload", files=[{"name": "x.png", "mimeType": "image/png", "buffer": b"not an image"}])
+    page.set_input_files(
+        "#upload", files=[{"name": "x.png", "mimeType": "image/png", "buffer": b"not an image"}]
+    )
     page.wait_for_function("() => document.querySelector('#result').dataset.state === 'error'", timeout=10000)
     assert "not a recognised image" in page.locator("#status").inner_text()
     assert not errors, errors
@@ -152,8 +164,9 @@ def test_draw_predict_clear_and_upload(server, browser, tmp_path, mnist):
 
 
 def test_phone_viewport(server, browser, tmp_path):
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                              has_touch=True)
+    ctx = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     page = ctx.new_page()
     page.goto(server + "/")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll

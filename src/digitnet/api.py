@@ -81,9 +81,17 @@ class DigitClassifier:
 
     _estimator_type = "classifier"
 
-    def __init__(self, model: str = "cnn", epochs: int | None = None, batch_size: int | None = None,
-                 lr: float | None = None, seed: int = 0, val_size: int | None = None, verbose: bool = False,
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        model: str = "cnn",
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        seed: int = 0,
+        val_size: int | None = None,
+        verbose: bool = False,
+        **overrides: Any,
+    ) -> None:
         # scikit-learn convention: store the parameters untouched; `fit` validates them.
         self.model, self.epochs, self.batch_size, self.lr = model, epochs, batch_size, lr
         self.seed, self.val_size, self.verbose = seed, val_size, verbose
@@ -98,8 +106,10 @@ class DigitClassifier:
         known = set(_PARAMS) | set(field_names()) | {"bf16"}  # bf16: the pre-`precision` spelling
         unknown = sorted(set(params) - known)
         if unknown:
-            raise ValueError(f"invalid parameter(s) {', '.join(map(repr, unknown))} for DigitClassifier; "
-                             f"valid: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"invalid parameter(s) {', '.join(map(repr, unknown))} for DigitClassifier; "
+                f"valid: {', '.join(sorted(known))}"
+            )
         for key, value in params.items():
             if key in _PARAMS:
                 setattr(self, key, value)
@@ -108,15 +118,25 @@ class DigitClassifier:
         return self
 
     def __repr__(self) -> str:
-        defaults = {k: p.default for k, p in inspect.signature(type(self)).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(type(self)).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
         shown = [f"{k}={v!r}" for k, v in self.get_params().items() if k not in defaults or defaults[k] != v]
         return f"DigitClassifier({', '.join(shown)})"
 
     def config(self) -> TrainConfig:
         """The `TrainConfig` these parameters give (recipe defaults filled in); ConfigError if invalid."""
-        return TrainConfig.for_model(self.model, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                     seed=self.seed, val_size=self.val_size, **self._overrides)
+        return TrainConfig.for_model(
+            self.model,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+            val_size=self.val_size,
+            **self._overrides,
+        )
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> DigitClassifier:
@@ -131,8 +151,15 @@ class DigitClassifier:
         del xb
         tr, va = stratified_split(y, split_sizes(len(y), cfg.val_size))
         reporter = Reporter() if self.verbose else None
-        result = fit(cfg, x[tr], y[tr], x[va], y[va], progress=reporter.bar if reporter else None,
-                     on_epoch=(lambda row: reporter.epoch(row, cfg.epochs)) if reporter else None)
+        result = fit(
+            cfg,
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            progress=reporter.bar if reporter else None,
+            on_epoch=(lambda row: reporter.epoch(row, cfg.epochs)) if reporter else None,
+        )
         self.temperature_, self.unsure_threshold_ = calibrate(result.model, x[va], y[va])
         self.model_ = result.model
         self.history_ = list(result.history)
@@ -140,7 +167,9 @@ class DigitClassifier:
         self.best_epoch_ = int(result.best_epoch)
         self.val_accuracy_ = result.val_accuracy
         self.config_ = cfg.to_dict()
-        self.network_kwargs_ = network_kwargs(cfg.model, cfg.model_kwargs)  # the network's full constructor call
+        self.network_kwargs_ = network_kwargs(
+            cfg.model, cfg.model_kwargs
+        )  # the network's full constructor call
         self.classes_ = np.arange(N_CLASSES)
         self.n_features_in_ = 28 * 28
         return self
@@ -149,23 +178,34 @@ class DigitClassifier:
         # scikit-learn is optional (digitnet does not need it); only scikit-learn calls this.
         from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
 
-        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
-                    classifier_tags=ClassifierTags(), input_tags=InputTags(two_d_array=True, three_d_array=True))
+        return Tags(
+            estimator_type="classifier",
+            target_tags=TargetTags(required=True),
+            classifier_tags=ClassifierTags(),
+            input_tags=InputTags(two_d_array=True, three_d_array=True),
+        )
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise NotFittedError("This DigitClassifier instance is not fitted yet: call fit(X, y) or "
-                                 "DigitClassifier.load(path) before using it.")
+            raise NotFittedError(
+                "This DigitClassifier instance is not fitted yet: call fit(X, y) or "
+                "DigitClassifier.load(path) before using it."
+            )
 
     # -- prediction -----------------------------------------------------------------------------
     def predictor(self) -> Predictor:
         """A `digitnet.inference.Predictor` over the fitted model: the one path every prediction takes."""
         self._check_fitted()
-        return Predictor.from_module(self.model_, name=self.config_["model"], version="in-memory",
-                                     temperature=self.temperature_, unsure_threshold=self.unsure_threshold_)
+        return Predictor.from_module(
+            self.model_,
+            name=self.config_["model"],
+            version="in-memory",
+            temperature=self.temperature_,
+            unsure_threshold=self.unsure_threshold_,
+        )
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities (N, 10) float32 = softmax(logits / temperature_)."""
@@ -197,18 +237,38 @@ class DigitClassifier:
         if out.exists() and not out.is_dir():
             raise ValueError(f"{out} exists and is not a folder; save() writes a run folder")
         finished = runfolder.now_iso()
-        metrics = {"model": self.config_["model"], "seed": self.config_.get("seed"), "epochs": len(self.history_),
-                   "best_epoch": self.best_epoch_, "val_accuracy": self.val_accuracy_,
-                   "train_seconds": round(self.train_seconds_, 3), "parameters": count_parameters(self.model_),
-                   "temperature": self.temperature_, "unsure_threshold": self.unsure_threshold_,
-                   "finished": finished, "source": "DigitClassifier"}
+        metrics = {
+            "model": self.config_["model"],
+            "seed": self.config_.get("seed"),
+            "epochs": len(self.history_),
+            "best_epoch": self.best_epoch_,
+            "val_accuracy": self.val_accuracy_,
+            "train_seconds": round(self.train_seconds_, 3),
+            "parameters": count_parameters(self.model_),
+            "temperature": self.temperature_,
+            "unsure_threshold": self.unsure_threshold_,
+            "finished": finished,
+            "source": "DigitClassifier",
+        }
         data = {"source": "arrays passed to DigitClassifier.fit"}
-        runfolder.write_run(out, self.model_, model_name=self.config_["model"], model_kwargs=self.network_kwargs_,
-                            config=self.config_, temperature=self.temperature_,
-                            unsure_threshold=self.unsure_threshold_, metrics=metrics, history=self.history_,
-                            data=data, started=finished,
-                            checkpoint_meta={"val_accuracy": self.val_accuracy_, "finished": finished,
-                                             "source": "DigitClassifier"})
+        runfolder.write_run(
+            out,
+            self.model_,
+            model_name=self.config_["model"],
+            model_kwargs=self.network_kwargs_,
+            config=self.config_,
+            temperature=self.temperature_,
+            unsure_threshold=self.unsure_threshold_,
+            metrics=metrics,
+            history=self.history_,
+            data=data,
+            started=finished,
+            checkpoint_meta={
+                "val_accuracy": self.val_accuracy_,
+                "finished": finished,
+                "source": "DigitClassifier",
+            },
+        )
         return out
 
     @classmethod
@@ -216,8 +276,14 @@ class DigitClassifier:
         """A fitted classifier from a run folder (`digitnet train` or `save`), a model.pt, or 'default'."""
         loaded = load_checkpoint(path)
         cfg = dict(loaded.config)
-        clf = cls(model=loaded.name, epochs=cfg.get("epochs"), batch_size=cfg.get("batch_size"), lr=cfg.get("lr"),
-                  seed=cfg.get("seed", 0), val_size=cfg.get("val_size"))
+        clf = cls(
+            model=loaded.name,
+            epochs=cfg.get("epochs"),
+            batch_size=cfg.get("batch_size"),
+            lr=cfg.get("lr"),
+            seed=cfg.get("seed", 0),
+            val_size=cfg.get("val_size"),
+        )
         run = loaded.path.parent if loaded.path is not None else None
         metrics: dict[str, Any] = {}
         if run is not None and (run / "metrics.json").is_file():

@@ -48,9 +48,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def checkpoint_bytes(model: nn.Module, *, model_name: str, model_kwargs: dict | None = None, config: dict | None = None,
-                     temperature: float = 1.0, unsure_threshold: float = 0.0, meta: dict | None = None,
-                     extra: dict | None = None) -> bytes:
+def checkpoint_bytes(
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_kwargs: dict | None = None,
+    config: dict | None = None,
+    temperature: float = 1.0,
+    unsure_threshold: float = 0.0,
+    meta: dict | None = None,
+    extra: dict | None = None,
+) -> bytes:
     payload = {
         "format": FORMAT,
         "model": model_name,
@@ -77,7 +85,9 @@ def resolve_model_path(spec: str | Path) -> Path:
     if str(spec) == "default":
         path = PRETRAINED_DIR / "model.pt"
         if not path.is_file():
-            raise ModelError("the bundled pretrained model is missing from this install (digitnet/pretrained/model.pt)")
+            raise ModelError(
+                "the bundled pretrained model is missing from this install (digitnet/pretrained/model.pt)"
+            )
         return path
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -98,7 +108,9 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
     except Exception as exc:  # corrupt zip, pickle with code, truncated file …
         raise ModelError(f"{path}: not a readable digitnet checkpoint ({first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a digitnet checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
+        raise ModelError(
+            f"{path}: not a digitnet checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})"
+        )
     return ckpt, path
 
 
@@ -115,9 +127,14 @@ def load_checkpoint(spec: str | Path) -> LoadedModel:
         raise ModelError(f"{path}: checkpoint does not match model {name!r}: {first_line(exc)}") from None
     model.float().eval()
     return LoadedModel(
-        model=model, name=name, model_kwargs=kwargs, config=dict(ckpt.get("config", {})),
-        temperature=float(ckpt.get("temperature", 1.0)), unsure_threshold=float(ckpt.get("unsure_threshold", 0.0)),
-        meta=dict(ckpt.get("meta", {})), path=path,
+        model=model,
+        name=name,
+        model_kwargs=kwargs,
+        config=dict(ckpt.get("config", {})),
+        temperature=float(ckpt.get("temperature", 1.0)),
+        unsure_threshold=float(ckpt.get("unsure_threshold", 0.0)),
+        meta=dict(ckpt.get("meta", {})),
+        path=path,
     )
 
 

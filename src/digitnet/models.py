@@ -62,8 +62,14 @@ class MLP(nn.Module):
         self.net = nn.Sequential(
             Normalize(),
             nn.Flatten(),
-            nn.Linear(784, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(784, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(hidden, 10),
         )
 
@@ -97,14 +103,23 @@ class CNN(nn.Module):
     predict, the ONNX export and the server all see the averaged function. Training never does it.
     """
 
-    def __init__(self, stem: int = 32, blocks: list | tuple = ((32, True), (64, True)), dropout: float = 0.0,
-                 tta: int = 0) -> None:
+    def __init__(
+        self,
+        stem: int = 32,
+        blocks: list | tuple = ((32, True), (64, True)),
+        dropout: float = 0.0,
+        tta: int = 0,
+    ) -> None:
         super().__init__()
         if tta not in (0, 1, 2):
             raise ConfigError(f"tta must be 0, 1 or 2 pixels, got {tta!r}")
         self.tta = tta
-        layers: list[nn.Module] = [Normalize(), nn.Conv2d(1, stem, 4, stride=2, padding=1, bias=False),
-                                   nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]  # (B, stem, 14, 14)
+        layers: list[nn.Module] = [
+            Normalize(),
+            nn.Conv2d(1, stem, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU(inplace=True),
+        ]  # (B, stem, 14, 14)
         c, hw = stem, 14
         for c_out, pool in blocks:
             layers.append(ConvBN(c, c_out, bool(pool)))
@@ -127,7 +142,9 @@ def shifted_views(x: torch.Tensor, r: int) -> torch.Tensor:
     direction, zeros shifted in (MNIST digits sit inside a ~4-pixel blank border, so little is lost)."""
     h, w = x.shape[-2:]
     padded = F.pad(x, (r, r, r, r))
-    return torch.cat([padded[..., dy : dy + h, dx : dx + w] for dy in range(2 * r + 1) for dx in range(2 * r + 1)])
+    return torch.cat(
+        [padded[..., dy : dy + h, dx : dx + w] for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
+    )
 
 
 def views_per_image(model: nn.Module) -> int:
@@ -164,16 +181,21 @@ class Ensemble(nn.Module):
         members = members or []
         if not members:
             raise ConfigError("an ensemble needs at least one member run")
-        self.members = nn.ModuleList(build_model(m["model"], **saved_network_kwargs(m["model"], m.get("kwargs", {})))
-                                     for m in members)
-        self.register_buffer("temperatures", torch.tensor([float(m.get("temperature", 1.0)) for m in members]))
+        self.members = nn.ModuleList(
+            build_model(m["model"], **saved_network_kwargs(m["model"], m.get("kwargs", {}))) for m in members
+        )
+        self.register_buffer(
+            "temperatures", torch.tensor([float(m.get("temperature", 1.0)) for m in members])
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine([m(x) for m in self.members])
 
     def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
         """The ensemble's output from its members' logits [(B, 10), …], in member order."""
-        probs = torch.stack([torch.softmax(lg.float() / self.temperatures[i], 1) for i, lg in enumerate(member_logits)])
+        probs = torch.stack(
+            [torch.softmax(lg.float() / self.temperatures[i], 1) for i, lg in enumerate(member_logits)]
+        )
         return probs.mean(0).clamp_min(1e-12).log()  # (B, 10)
 
 
@@ -190,21 +212,40 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "seed-mlp": ModelSpec(
-        "seed-mlp", SeedMLP, "the original notebook's 784-10-10-10 sigmoid MLP (baseline)",
-        recipe=dict(epochs=10, batch_size=32, lr=1e-3, optimizer="adam", schedule="constant", warmup=0.2,
-                    label_smoothing=0.0, weight_decay=0.0, augment=0.0, precision="fp32", ema=0.0),
+        "seed-mlp",
+        SeedMLP,
+        "the original notebook's 784-10-10-10 sigmoid MLP (baseline)",
+        recipe=dict(
+            epochs=10,
+            batch_size=32,
+            lr=1e-3,
+            optimizer="adam",
+            schedule="constant",
+            warmup=0.2,
+            label_smoothing=0.0,
+            weight_decay=0.0,
+            augment=0.0,
+            precision="fp32",
+            ema=0.0,
+        ),
     ),
     "mlp": ModelSpec(
-        "mlp", MLP, "784-1024-1024-10 MLP with BN and dropout",
+        "mlp",
+        MLP,
+        "784-1024-1024-10 MLP with BN and dropout",
         recipe=dict(batch_size=256, lr=0.2, warmup=0.2, augment=0.0, ema=0.0),
     ),
     "cnn": ModelSpec(
-        "cnn", CNN, "stride-2 stem + 2 conv blocks, EMA, light augmentation: the default, 99 %+ in seconds",
+        "cnn",
+        CNN,
+        "stride-2 stem + 2 conv blocks, EMA, light augmentation: the default, 99 %+ in seconds",
         kwargs=dict(stem=32, blocks=[(32, True), (64, True)]),
         recipe={},  # TrainConfig's defaults are cnn's recipe
     ),
     "best": ModelSpec(
-        "best", CNN, "4-block CNN, 40 epochs of augmentation, EMA, 9-shift TTA: the most accurate single model",
+        "best",
+        CNN,
+        "4-block CNN, 40 epochs of augmentation, EMA, 9-shift TTA: the most accurate single model",
         # Two blocks at 14×14 before pooling: 10.5 M MACs per view. fp32, not bf16: on the project's
         # 2-vCPU Xeon (avx512_bf16, no AMX) bf16 autocast made its training 1.4× slower. tta=1
         # (predict from the mean over the 9 one-pixel shifts): +0.024 % test accuracy over 28
@@ -213,11 +254,15 @@ MODELS: dict[str, ModelSpec] = {
         recipe=dict(epochs=40, lr=0.3, augment=1.0, precision="fp32", ema=0.998),
     ),
     "compact": ModelSpec(
-        "compact", CNN, "3-block, 3.5 M-MAC CNN, 20 epochs of augmentation: the bundled default, ~30k images/s",
+        "compact",
+        CNN,
+        "3-block, 3.5 M-MAC CNN, 20 epochs of augmentation: the bundled default, ~30k images/s",
         kwargs=dict(stem=32, blocks=[(32, True), (64, True), (128, False)]),
         recipe=dict(epochs=20, lr=0.3, augment=1.0, precision="bf16", ema=0.998),
     ),
-    "ensemble": ModelSpec("ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)"),
+    "ensemble": ModelSpec(
+        "ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)"
+    ),
 }
 
 
@@ -233,8 +278,11 @@ def network_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[s
     kwargs, then `overrides`. A checkpoint stores this, so a later change to the registry or to a
     default cannot change an already trained model."""
     spec = get_spec(name)
-    defaults = {k: p.default for k, p in inspect.signature(spec.factory).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(spec.factory).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     return {**defaults, **spec.kwargs, **(overrides or {})}
 
 

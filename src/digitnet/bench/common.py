@@ -37,9 +37,14 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
 
 
 def environment(threads: int | None) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "threads_requested": threads}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "threads_requested": threads,
+    }
     env["onnxruntime"] = onnxruntime.__version__
     if hasattr(os, "getloadavg"):
         env["load_average_1m"] = round(os.getloadavg()[0], 2)
@@ -59,8 +64,10 @@ def wait_ready(port: int, proc: subprocess.Popen | None = None, timeout: float =
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace").strip()[-500:] if proc.stderr else ""
-            raise DigitnetError(f"the server exited with code {proc.returncode} before it was ready"
-                                + (f": {err}" if err else ""))
+            raise DigitnetError(
+                f"the server exited with code {proc.returncode} before it was ready"
+                + (f": {err}" if err else "")
+            )
         with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2.0).status_code == 200:
                 return

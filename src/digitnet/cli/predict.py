@@ -25,7 +25,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 BATCH = 256  # files decoded and predicted per model call: bounds memory on huge folders
 
 
-
 def expand_paths(args: list[str]) -> tuple[list[Path], list[str]]:
     """Files from files/folders/globs, in order, without duplicates; plus one error per bad argument."""
     files: list[Path] = []
@@ -55,13 +54,20 @@ def _top_k(probabilities: list[float], k: int) -> str:
 
 
 def predict_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders or globs (PNG, JPEG, GIF, BMP, WebP, TIFF).")],
+    paths: Annotated[
+        list[str], typer.Argument(help="Image files, folders or globs (PNG, JPEG, GIF, BMP, WebP, TIFF).")
+    ],
     model: Model = "default",
     top_k: Annotated[int, typer.Option("--top-k", help="How many classes to list per image.")] = 3,
     json_out: JsonOut = False,
     backend: Backend = "auto",
-    no_preprocess: Annotated[bool, typer.Option("--no-preprocess", help="Inputs are already MNIST-style 28×28 light-on-dark digits.")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: the backend's).")] = None,
+    no_preprocess: Annotated[
+        bool,
+        typer.Option("--no-preprocess", help="Inputs are already MNIST-style 28×28 light-on-dark digits."),
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for the model (default: the backend's).")
+    ] = None,
 ) -> None:
     """Read the digit in each image."""
     from digitnet.inference.predictor import Predictor
@@ -84,7 +90,9 @@ def predict_cmd(
             except InputError as exc:
                 err_console.print(f"error: {exc}", markup=False)
                 failed += 1
-        for name, pred in zip(names, predictor.predict_images(images, preprocess=not no_preprocess), strict=True):
+        for name, pred in zip(
+            names, predictor.predict_images(images, preprocess=not no_preprocess), strict=True
+        ):
             rows.append({"file": name, **pred.to_dict()})
     if json_out:
         typer.echo(json.dumps([_json_row(r) for r in rows]))
@@ -92,15 +100,21 @@ def predict_cmd(
         _print_table(rows, top_k)
     if failed:
         # An InputError (not typer.Exit, whose code main() would drop) → one summary line, exit 2.
-        raise InputError(f"{failed} of {len(files) + len(errors)} inputs could not be read; "
-                         f"{len(rows)} predicted")
+        raise InputError(
+            f"{failed} of {len(files) + len(errors)} inputs could not be read; {len(rows)} predicted"
+        )
     if not files:
         raise InputError("no input files")
 
 
 def _json_row(row: dict) -> dict:
-    out = {"file": row["file"], "digit": row["digit"], "confidence": round(row["confidence"], 6),
-           "probabilities": [round(p, 6) for p in row["probabilities"]], "unsure": row["unsure"]}
+    out = {
+        "file": row["file"],
+        "digit": row["digit"],
+        "confidence": round(row["confidence"], 6),
+        "probabilities": [round(p, 6) for p in row["probabilities"]],
+        "unsure": row["unsure"],
+    }
     if row["empty"]:
         out["empty"] = True
     return out
@@ -118,14 +132,22 @@ def _print_table(rows: list[dict], top_k: int) -> None:
             table.add_row(r["file"], "–", "–", "(no ink: empty image)", "[yellow]empty[/]")
             continue
         flag = "[yellow]unsure[/]" if r["unsure"] else ""
-        table.add_row(r["file"], f"[bold]{r['digit']}[/]", f"{r['confidence']:.1%}", _top_k(r["probabilities"], top_k), flag)
+        table.add_row(
+            r["file"],
+            f"[bold]{r['digit']}[/]",
+            f"{r['confidence']:.1%}",
+            _top_k(r["probabilities"], top_k),
+            flag,
+        )
     console.print(table)
 
 
 def export_cmd(
     run: Annotated[str, typer.Argument(help="Run folder, model.pt file, or 'default'.")],
     fmt: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: model.onnx beside model.pt).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file (default: model.onnx beside model.pt).")
+    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
 ) -> None:
     """Export a trained model (ONNX, with calibration in its metadata)."""
@@ -141,27 +163,47 @@ def bench_predict(
     model: Model = "default",
     backend: Annotated[str, typer.Option("--backend", help="torch | onnx | auto | all")] = "all",
     json_out: JsonOut = False,
-    n: Annotated[int, typer.Option("--n", help="Single-image timings (model call and end to end each).")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch for the throughput figure.")] = 1000,
+    n: Annotated[
+        int, typer.Option("--n", help="Single-image timings (model call and end to end each).")
+    ] = 1000,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per batch for the throughput figure.")
+    ] = 1000,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed batches.")] = 20,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: the backend's).")] = None,
 ) -> None:
     """Prediction speed: batch throughput and single-image latency (model call, end to end from PNG)."""
     from digitnet.bench.predict import PredictBenchConfig, run_predict_bench
 
-    cfg = PredictBenchConfig(model=model, backend=backend, n=n, batch_size=batch_size, batch_repeats=repeats,
-                             threads=threads)
+    cfg = PredictBenchConfig(
+        model=model, backend=backend, n=n, batch_size=batch_size, batch_repeats=repeats, threads=threads
+    )
     result = run_predict_bench(cfg)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
     env = result["environment"]
     table = Table(title=f"predict: {model} on {env['cpu']} ({env['cpu_count']} CPUs)", header_style="bold")
-    for col in ("backend", "images/s (batch)", "model p50 ms", "model p99 ms", "e2e p50 ms", "e2e p99 ms", "load s"):
+    for col in (
+        "backend",
+        "images/s (batch)",
+        "model p50 ms",
+        "model p99 ms",
+        "e2e p50 ms",
+        "e2e p99 ms",
+        "load s",
+    ):
         table.add_column(col, justify="right")
     for r in result["results"]:
-        table.add_row(r["backend"], f"{r['images_per_s']:,.0f}", f"{r['latency_p50_ms']:.3f}", f"{r['latency_p99_ms']:.3f}",
-                      f"{r['e2e_p50_ms']:.3f}", f"{r['e2e_p99_ms']:.3f}", f"{r['load_s']:.2f}")
+        table.add_row(
+            r["backend"],
+            f"{r['images_per_s']:,.0f}",
+            f"{r['latency_p50_ms']:.3f}",
+            f"{r['latency_p99_ms']:.3f}",
+            f"{r['e2e_p50_ms']:.3f}",
+            f"{r['e2e_p99_ms']:.3f}",
+            f"{r['load_s']:.2f}",
+        )
     console.print(table)
 
 

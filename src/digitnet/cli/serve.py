@@ -13,20 +13,31 @@ from digitnet.errors import ConfigError
 
 
 def serve_cmd(
-    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the service to the network.")]
-    = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the service to the network.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    model: Annotated[str, typer.Option("--model", "-m", help="A run folder, a model.pt file, or 'default'.")]
-    = "default",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="A run folder, a model.pt file, or 'default'.")
+    ] = "default",
     workers: Annotated[int, typer.Option(help="Worker processes, each with its own model copy.")] = 1,
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Request body cap (413 above).")]
-    = 4 * 1024 * 1024,
-    max_concurrency: Annotated[int, typer.Option("--max-concurrency",
-                                                 help="Prediction requests in flight per worker (503 above).")] = 32,
-    backend: Annotated[str, typer.Option(help="Inference backend: auto (onnx when model.onnx sits beside the "
-                                              "checkpoint, else torch), torch, or onnx.")] = "auto",
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Request body cap (413 above).")] = 4
+    * 1024
+    * 1024,
+    max_concurrency: Annotated[
+        int, typer.Option("--max-concurrency", help="Prediction requests in flight per worker (503 above).")
+    ] = 32,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Inference backend: auto (onnx when model.onnx sits beside the "
+            "checkpoint, else torch), torch, or onnx."
+        ),
+    ] = "auto",
     threads: Annotated[int, typer.Option(help="Inference threads per worker.")] = 1,
-    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the REST API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs)."""
@@ -52,18 +63,32 @@ def serve_cmd(
     # Load here, before uvicorn starts: a bad model is a one-line error (exit 2), not a traceback
     # from a worker's failed startup. One worker serves this very predictor.
     predictor = Predictor.load(model, backend=backend, threads=threads)
-    common = dict(host=host, port=port, access_log=access_log, log_level=log_level, server_header=False,
-                  proxy_headers=False, timeout_keep_alive=5, timeout_graceful_shutdown=10)
+    common = dict(
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level=log_level,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )
     if workers == 1:
-        uvicorn.run(create_app(predictor=predictor, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency),
-                    **common)
+        uvicorn.run(
+            create_app(predictor=predictor, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency),
+            **common,
+        )
         return
     # Every worker process builds its own app from these (uvicorn imports the factory in each).
-    os.environ.update({
-        ENV_PREFIX + "MODEL": model, ENV_PREFIX + "MAX_BODY_BYTES": str(max_body_bytes),
-        ENV_PREFIX + "MAX_CONCURRENCY": str(max_concurrency), ENV_PREFIX + "BACKEND": backend,
-        ENV_PREFIX + "THREADS": str(threads),
-    })
+    os.environ.update(
+        {
+            ENV_PREFIX + "MODEL": model,
+            ENV_PREFIX + "MAX_BODY_BYTES": str(max_body_bytes),
+            ENV_PREFIX + "MAX_CONCURRENCY": str(max_concurrency),
+            ENV_PREFIX + "BACKEND": backend,
+            ENV_PREFIX + "THREADS": str(threads),
+        }
+    )
     del predictor
     uvicorn.run("digitnet.serve.app:app_from_env", factory=True, workers=workers, **common)
 
@@ -71,17 +96,26 @@ def serve_cmd(
 def bench_serve(
     duration: Annotated[float, typer.Option(help="Seconds of measured load.")] = 30.0,
     concurrency: Annotated[int, typer.Option(help="Client connections in flight.")] = 8,
-    max_requests: Annotated[int, typer.Option("--max-requests", help="Stop after this many requests.")]
-    = 1_000_000,
-    mode: Annotated[str, typer.Option(help="good: valid JSON predictions only; mixed: a share of bad input too; "
-                                           "both: one run of each.")] = "both",
-    bad_fraction: Annotated[float, typer.Option("--bad-fraction", help="Mixed mode: share of bad requests.")]
-    = 0.25,
+    max_requests: Annotated[
+        int, typer.Option("--max-requests", help="Stop after this many requests.")
+    ] = 1_000_000,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="good: valid JSON predictions only; mixed: a share of bad input too; both: one run of each."
+        ),
+    ] = "both",
+    bad_fraction: Annotated[
+        float, typer.Option("--bad-fraction", help="Mixed mode: share of bad requests.")
+    ] = 0.25,
     workers: Annotated[int, typer.Option(help="Server worker processes.")] = 1,
     backend: Annotated[str, typer.Option(help="Server inference backend: auto, torch or onnx.")] = "auto",
-    model: Annotated[str, typer.Option("--model", "-m", help="Model to serve (ignored with --url).")] = "default",
-    url: Annotated[str | None, typer.Option(help="A running server on 127.0.0.1 instead of starting one.")]
-    = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model to serve (ignored with --url).")
+    ] = "default",
+    url: Annotated[
+        str | None, typer.Option(help="A running server on 127.0.0.1 instead of starting one.")
+    ] = None,
     warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each run.")] = 2.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
@@ -91,20 +125,35 @@ def bench_serve(
     if mode not in ("good", "mixed", "both"):
         raise ConfigError(f"mode must be good, mixed or both, got {mode!r}")
     results = []
-    for m in (("good", "mixed") if mode == "both" else (mode,)):
-        cfg = ServeBenchConfig(duration_s=duration, concurrency=concurrency, max_requests=max_requests, mode=m,
-                               bad_fraction=bad_fraction, workers=workers, backend=backend, model=model, url=url, warmup_s=warmup)
+    for m in ("good", "mixed") if mode == "both" else (mode,):
+        cfg = ServeBenchConfig(
+            duration_s=duration,
+            concurrency=concurrency,
+            max_requests=max_requests,
+            mode=m,
+            bad_fraction=bad_fraction,
+            workers=workers,
+            backend=backend,
+            model=model,
+            url=url,
+            warmup_s=warmup,
+        )
         res = run_bench_serve(cfg)
         results.append(res)
         if not json_out:
             lat = res["latency_ms"]
-            typer.echo(f"{m:>5}: {res['good_per_s']:,.0f} good predictions/s ({res['total_per_s']:,.0f} requests/s) "
-                       f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms  "
-                       f"good errors {res['good_errors']}/{res['good']}"
-                       + (f"  bad answered 4xx {res['bad_4xx']}/{res['bad']} (5xx/dropped {res['bad_errors']})"
-                          if m == "mixed" else "")
-                       + f"  [{res['elapsed_s']:.1f} s, {concurrency} connections, {workers} worker(s), "
-                         f"load {res['loadavg_1m'][0]}]")
+            typer.echo(
+                f"{m:>5}: {res['good_per_s']:,.0f} good predictions/s ({res['total_per_s']:,.0f} requests/s) "
+                f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms  "
+                f"good errors {res['good_errors']}/{res['good']}"
+                + (
+                    f"  bad answered 4xx {res['bad_4xx']}/{res['bad']} (5xx/dropped {res['bad_errors']})"
+                    if m == "mixed"
+                    else ""
+                )
+                + f"  [{res['elapsed_s']:.1f} s, {concurrency} connections, {workers} worker(s), "
+                f"load {res['loadavg_1m'][0]}]"
+            )
             for sample in res.get("error_samples", []):
                 typer.echo(f"       error: {sample}")
     if json_out:

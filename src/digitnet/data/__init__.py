@@ -13,5 +13,14 @@ from digitnet.data.mnist import (
     load_sample,
 )
 
-__all__ = ["FILES", "MnistData", "Splits", "TestSplit", "cache_dir", "load_dataset", "load_for_demo",
-           "load_mnist", "load_sample"]
+__all__ = [
+    "FILES",
+    "MnistData",
+    "Splits",
+    "TestSplit",
+    "cache_dir",
+    "load_dataset",
+    "load_for_demo",
+    "load_mnist",
+    "load_sample",
+]

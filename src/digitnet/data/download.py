@@ -70,7 +70,11 @@ def _fetch(url: str, timeout: float, retries: int) -> bytes:
                 break  # a 404 will not fix itself
         except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            last = f"timed out after {timeout:g} s" if isinstance(reason, TimeoutError) else str(reason) or type(exc).__name__
+            last = (
+                f"timed out after {timeout:g} s"
+                if isinstance(reason, TimeoutError)
+                else str(reason) or type(exc).__name__
+            )
     raise DatasetError(last)
 
 

@@ -172,7 +172,9 @@ def encode_idx(array: np.ndarray) -> bytes:
     arr = np.asarray(array)
     code = _CODES.get(arr.dtype.newbyteorder("=").str)
     if code is None:
-        raise InputError(f"cannot write dtype {arr.dtype} as IDX; use one of uint8, int8, int16, int32, float32, float64")
+        raise InputError(
+            f"cannot write dtype {arr.dtype} as IDX; use one of uint8, int8, int16, int32, float32, float64"
+        )
     if not 1 <= arr.ndim <= MAX_NDIM:
         raise InputError(f"cannot write a {arr.ndim}-D array as IDX; 1 to {MAX_NDIM} dimensions")
     if any(d >= 2**32 for d in arr.shape):

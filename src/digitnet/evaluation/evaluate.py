@@ -65,15 +65,24 @@ def per_class_metrics(cm: np.ndarray) -> dict[str, Any]:
     precision, recall = _safe_div(tp, predicted), _safe_div(tp, support)
     f1 = _safe_div(2 * precision * recall, precision + recall)
     rows = [
-        {"label": k, "precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
-         "support": int(support[k])}
+        {
+            "label": k,
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "f1": float(f1[k]),
+            "support": int(support[k]),
+        }
         for k in range(N_CLASSES)
     ]
     w = support / max(1.0, support.sum())
 
     def avg(weights: np.ndarray) -> dict[str, float]:
-        return {"precision": float(precision @ weights), "recall": float(recall @ weights),
-                "f1": float(f1 @ weights), "support": int(support.sum())}
+        return {
+            "precision": float(precision @ weights),
+            "recall": float(recall @ weights),
+            "f1": float(f1 @ weights),
+            "support": int(support.sum()),
+        }
 
     return {"per_class": rows, "macro_avg": avg(np.full(N_CLASSES, 1 / N_CLASSES)), "weighted_avg": avg(w)}
 
@@ -96,8 +105,15 @@ def calibration(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> dic
         mean_conf = float(conf[mask].mean()) if count else None
         if count:
             ece += count / len(y) * abs(acc - mean_conf)
-        bins.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count,
-                     "accuracy": acc, "confidence": mean_conf})
+        bins.append(
+            {
+                "lower": float(edges[i]),
+                "upper": float(edges[i + 1]),
+                "count": count,
+                "accuracy": acc,
+                "confidence": mean_conf,
+            }
+        )
     return {"ece": float(ece), "n_bins": n_bins, "bins": bins, "mean_confidence": float(conf.mean())}
 
 
@@ -132,8 +148,16 @@ def worst_errors(probs: np.ndarray, y: np.ndarray, k: int = WORST_ERRORS) -> lis
     wrong = np.flatnonzero(pred != t)
     conf = p[wrong, pred[wrong]]
     order = wrong[np.argsort(-conf, kind="stable")][:k]
-    return [{"index": int(i), "true": int(t[i]), "pred": int(pred[i]), "confidence": float(p[i, pred[i]]),
-             "p_true": float(p[i, t[i]])} for i in order]
+    return [
+        {
+            "index": int(i),
+            "true": int(t[i]),
+            "pred": int(pred[i]),
+            "confidence": float(p[i, pred[i]]),
+            "p_true": float(p[i, t[i]]),
+        }
+        for i in order
+    ]
 
 
 def run_probabilities(run: str | Path, x: np.ndarray) -> tuple[np.ndarray, Predictor]:
@@ -161,7 +185,9 @@ def seed_mlp_baseline(run: Path, accuracy: float) -> dict[str, Any]:
         if metrics_path.parent.resolve() == run.resolve():
             continue
         m = _read_json(metrics_path)
-        model = m.get("model") or _read_json(metrics_path.parent / "manifest.json").get("config", {}).get("model")
+        model = m.get("model") or _read_json(metrics_path.parent / "manifest.json").get("config", {}).get(
+            "model"
+        )
         acc = m.get("test_accuracy")
         if model == "seed-mlp" and isinstance(acc, int | float) and (best is None or acc > best[0]):
             best = (float(acc), metrics_path.parent)
@@ -169,11 +195,21 @@ def seed_mlp_baseline(run: Path, accuracy: float) -> dict[str, Any]:
         base, source = best[0], f"seed-mlp run {best[1].name}"
         kind = "run"
     else:
-        base, source, kind = SEED_MLP_REFERENCE, "seed-mlp reference: the original notebook's 92.85 %", "reference"
+        base, source, kind = (
+            SEED_MLP_REFERENCE,
+            "seed-mlp reference: the original notebook's 92.85 %",
+            "reference",
+        )
     base_err, err = 1.0 - base, 1.0 - accuracy
-    return {"baseline": "seed-mlp", "kind": kind, "source": source, "baseline_accuracy": base,
-            "accuracy": accuracy, "delta": accuracy - base,
-            "error_reduction": (1.0 - err / base_err) if base_err > 0 else None}
+    return {
+        "baseline": "seed-mlp",
+        "kind": kind,
+        "source": source,
+        "baseline_accuracy": base,
+        "accuracy": accuracy,
+        "delta": accuracy - base,
+        "error_reduction": (1.0 - err / base_err) if base_err > 0 else None,
+    }
 
 
 def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ERRORS) -> dict[str, Any]:
@@ -188,26 +224,39 @@ def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ER
     conf = probs.max(axis=1)
     flagged = conf < predictor.unsure_threshold
     answered = ~flagged
-    result.update({
-        "format": "digitnet-report/1",
-        "run": run.name,
-        "run_path": str(run.resolve()),
-        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": predictor.name,
-        "config": ckpt.get("config", {}),
-        "temperature": predictor.temperature,
-        "train_metrics": _read_json(run / "metrics.json"),
-        "data": {"name": data.name, "source": str(getattr(data, "source", "")),
-                 "is_sample": bool(getattr(data, "is_sample", False)), "n_test": len(y)},
-        "unsure": {"threshold": predictor.unsure_threshold, "flagged": int(flagged.sum()),
-                   "flagged_fraction": float(flagged.mean()),
-                   "accuracy_answered": float((probs.argmax(1) == y)[answered].mean()) if answered.any() else None},
-        "worst_errors": worst_errors(probs, y, top_errors),
-    })
+    result.update(
+        {
+            "format": "digitnet-report/1",
+            "run": run.name,
+            "run_path": str(run.resolve()),
+            "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": predictor.name,
+            "config": ckpt.get("config", {}),
+            "temperature": predictor.temperature,
+            "train_metrics": _read_json(run / "metrics.json"),
+            "data": {
+                "name": data.name,
+                "source": str(getattr(data, "source", "")),
+                "is_sample": bool(getattr(data, "is_sample", False)),
+                "n_test": len(y),
+            },
+            "unsure": {
+                "threshold": predictor.unsure_threshold,
+                "flagged": int(flagged.sum()),
+                "flagged_fraction": float(flagged.mean()),
+                "accuracy_answered": float((probs.argmax(1) == y)[answered].mean())
+                if answered.any()
+                else None,
+            },
+            "worst_errors": worst_errors(probs, y, top_errors),
+        }
+    )
     x_test = np.asarray(data.x_test)
     for err in result["worst_errors"]:
         # The image travels with the dict (784 raw bytes, base64) so a report needs nothing else.
-        err["pixels"] = base64.b64encode(np.ascontiguousarray(x_test[err["index"]], dtype=np.uint8).tobytes()).decode()
+        err["pixels"] = base64.b64encode(
+            np.ascontiguousarray(x_test[err["index"]], dtype=np.uint8).tobytes()
+        ).decode()
     result["comparison"] = seed_mlp_baseline(run, result["accuracy"])
     result["non_digits"] = non_digit_report(predictor)
     return result
@@ -238,10 +287,19 @@ def list_runs(root: str | Path = "runs", max_depth: int = 3) -> list[dict[str, A
         def pick(key: str, m: dict = metrics, c: dict = config) -> Any:
             return m.get(key, c.get(key))
 
-        rows.append({"name": run.relative_to(root).as_posix(), "model": pick("model"), "epochs": pick("epochs"),
-                     "seed": pick("seed"), "val_accuracy": metrics.get("val_accuracy"),
-                     "test_accuracy": metrics.get("test_accuracy"), "train_seconds": metrics.get("train_seconds"),
-                     "date": _run_date(run, metrics, manifest), "path": str(run)})
+        rows.append(
+            {
+                "name": run.relative_to(root).as_posix(),
+                "model": pick("model"),
+                "epochs": pick("epochs"),
+                "seed": pick("seed"),
+                "val_accuracy": metrics.get("val_accuracy"),
+                "test_accuracy": metrics.get("test_accuracy"),
+                "train_seconds": metrics.get("train_seconds"),
+                "date": _run_date(run, metrics, manifest),
+                "path": str(run),
+            }
+        )
     return rows
 
 

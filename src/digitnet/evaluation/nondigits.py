@@ -33,12 +33,16 @@ def not_digits(rng: np.random.Generator) -> list[Image.Image]:
             d.line(pts, fill=20, width=int(rng.integers(4, 10)))
         elif kind == 1:  # filled blob
             x0, y0 = rng.integers(20, 80, 2)
-            d.ellipse([int(x0), int(y0), int(x0 + rng.integers(60, 110)), int(y0 + rng.integers(60, 110))], fill=20)
+            d.ellipse(
+                [int(x0), int(y0), int(x0 + rng.integers(60, 110)), int(y0 + rng.integers(60, 110))], fill=20
+            )
         elif kind == 2:  # hatching
             for i in range(0, 200, int(rng.integers(12, 25))):
                 d.line([(i, 20), (i + 60, 180)], fill=20, width=5)
         elif kind == 3:  # a rectangle outline
-            d.rectangle([40, 40, int(rng.integers(120, 180)), int(rng.integers(120, 180))], outline=20, width=8)
+            d.rectangle(
+                [40, 40, int(rng.integers(120, 180)), int(rng.integers(120, 180))], outline=20, width=8
+            )
         elif kind == 4:  # a cross-hatched grid '#'-like mark of many strokes
             for i in range(4):
                 d.line([(30, 40 + 35 * i), (170, 40 + 35 * i)], fill=20, width=6)
@@ -56,6 +60,15 @@ def non_digit_report(predictor: Any, seed: int = 7) -> dict[str, Any]:
     """How many of the probe set the predictor reports empty (blank pages) or unsure (marks)."""
     preds = predictor.predict_images(not_digits(np.random.default_rng(seed)))
     blank, marks = preds[:N_BLANK], preds[N_BLANK:]
-    return {"blank": {"n": len(blank), "empty": sum(p.empty for p in blank), "unsure": sum(p.unsure for p in blank)},
-            "marks": {"n": len(marks), "unsure": sum(p.unsure for p in marks),
-                      "digits_given": [p.digit for p in marks if not p.unsure]}}
+    return {
+        "blank": {
+            "n": len(blank),
+            "empty": sum(p.empty for p in blank),
+            "unsure": sum(p.unsure for p in blank),
+        },
+        "marks": {
+            "n": len(marks),
+            "unsure": sum(p.unsure for p in marks),
+            "digits_given": [p.digit for p in marks if not p.unsure],
+        },
+    }

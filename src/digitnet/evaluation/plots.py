@@ -32,8 +32,14 @@ def fig_to_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def plot_confusion_matrix(cm: Any, ax: Any = None, *, normalize: bool = False, cmap: str = "Blues",
-                          title: str | None = "Confusion matrix") -> Any:
+def plot_confusion_matrix(
+    cm: Any,
+    ax: Any = None,
+    *,
+    normalize: bool = False,
+    cmap: str = "Blues",
+    title: str | None = "Confusion matrix",
+) -> Any:
     """Annotated heatmap of a (10, 10) confusion matrix (rows true, columns predicted).
 
     The notebook's `sns.heatmap(cm, annot=True, fmt="d")`, without seaborn. `normalize=True`
@@ -50,8 +56,15 @@ def plot_confusion_matrix(cm: Any, ax: Any = None, *, normalize: bool = False, c
     for i in range(k):
         for j in range(k):
             text = f"{values[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if values[i, j] > high else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if values[i, j] > high else "black",
+            )
     ax.set_xticks(range(k), [str(c) for c in range(k)])
     ax.set_yticks(range(k), [str(c) for c in range(k)])
     ax.set_xlabel("Predicted label")
@@ -88,7 +101,9 @@ def plot_misclassified(errors: Sequence[dict[str, Any]], images: Any = None, nco
     for ax, err in zip(axes.flat, errors, strict=False):
         img = error_image(err, images)
         ax.imshow(img, cmap="gray", vmin=0, vmax=255 if img.dtype == np.uint8 else 1)
-        ax.set_title(f"true {err['true']} → {err['pred']}\n{err['confidence']:.1%}", fontsize=9, color="#b00020")
+        ax.set_title(
+            f"true {err['true']} → {err['pred']}\n{err['confidence']:.1%}", fontsize=9, color="#b00020"
+        )
     fig.suptitle("Most confident errors (true → predicted, confidence)")
     return fig
 
@@ -100,14 +115,37 @@ def plot_calibration(calib: dict[str, Any], ax: Any = None) -> Any:
     bins = [b for b in calib["bins"] if b["count"]]
     width = calib["bins"][0]["upper"] - calib["bins"][0]["lower"]
     lowers = [b["lower"] for b in bins]
-    ax.bar(lowers, [b["accuracy"] for b in bins], width=width, align="edge", color="#4c72b0",
-           edgecolor="white", label="accuracy")
-    ax.bar(lowers, [b["confidence"] - b["accuracy"] for b in bins], bottom=[b["accuracy"] for b in bins],
-           width=width, align="edge", color="#dd8452", alpha=0.5, label="gap to confidence")
+    ax.bar(
+        lowers,
+        [b["accuracy"] for b in bins],
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy",
+    )
+    ax.bar(
+        lowers,
+        [b["confidence"] - b["accuracy"] for b in bins],
+        bottom=[b["accuracy"] for b in bins],
+        width=width,
+        align="edge",
+        color="#dd8452",
+        alpha=0.5,
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     for b in bins:
-        ax.text(b["lower"] + width / 2, 0.02, str(b["count"]), rotation=90, fontsize=7, ha="center", va="bottom",
-                color="white")
+        ax.text(
+            b["lower"] + width / 2,
+            0.02,
+            str(b["count"]),
+            rotation=90,
+            fontsize=7,
+            ha="center",
+            va="bottom",
+            color="white",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (max probability)")

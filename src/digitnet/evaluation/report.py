@@ -68,68 +68,128 @@ def render_html(metrics: dict[str, Any], figures: dict[str, bytes]) -> str:
     m = metrics
     esc = html.escape
     data = m.get("data", {})
-    parts = [f"<h1>digitnet report: {esc(str(m.get('run', '')))}</h1>",
-             f'<p class="sub">model <b>{esc(str(m.get("model", "?")))}</b> · evaluated {esc(str(m.get("evaluated_at", "")))}'
-             f" · {m.get('n', 0):,} test images from {esc(str(data.get('name', '?')))} ({esc(str(data.get('source', '')))})</p>"]
+    parts = [
+        f"<h1>digitnet report: {esc(str(m.get('run', '')))}</h1>",
+        f'<p class="sub">model <b>{esc(str(m.get("model", "?")))}</b> · evaluated {esc(str(m.get("evaluated_at", "")))}'
+        f" · {m.get('n', 0):,} test images from {esc(str(data.get('name', '?')))} ({esc(str(data.get('source', '')))})</p>",
+    ]
     if data.get("is_sample"):
-        parts.append(f'<p class="warn">Evaluated on the offline <b>sample</b> ({m.get("n", 0):,} test images), not the '
-                     "full MNIST test set: numbers are indicative only.</p>")
+        parts.append(
+            f'<p class="warn">Evaluated on the offline <b>sample</b> ({m.get("n", 0):,} test images), not the '
+            "full MNIST test set: numbers are indicative only.</p>"
+        )
     cal = m.get("calibration", {})
-    cards = [("test accuracy", _pct(m.get("accuracy"))), ("errors", f"{m.get('error_count', 0):,} / {m.get('n', 0):,}"),
-             ("macro F1", _num(m.get("macro_avg", {}).get("f1"))), ("ECE", _num(cal.get("ece"))),
-             ("NLL", _num(m.get("nll"))), ("temperature", _num(m.get("temperature")))]
-    parts.append('<div class="cards">' + "".join(f'<div class="card">{esc(k)}<b>{v}</b></div>' for k, v in cards)
-                 + "</div>")
+    cards = [
+        ("test accuracy", _pct(m.get("accuracy"))),
+        ("errors", f"{m.get('error_count', 0):,} / {m.get('n', 0):,}"),
+        ("macro F1", _num(m.get("macro_avg", {}).get("f1"))),
+        ("ECE", _num(cal.get("ece"))),
+        ("NLL", _num(m.get("nll"))),
+        ("temperature", _num(m.get("temperature"))),
+    ]
+    parts.append(
+        '<div class="cards">'
+        + "".join(f'<div class="card">{esc(k)}<b>{v}</b></div>' for k, v in cards)
+        + "</div>"
+    )
 
     c = m.get("comparison")
     if c:
         parts.append("<h2>Against the seed-mlp baseline</h2>")
         red = c.get("error_reduction")
-        parts.append(_table(
-            ["model", "test accuracy", "baseline", "baseline accuracy", "difference", "errors removed"],
-            [[esc(str(m.get("model", "?"))), _pct(c.get("accuracy")), esc(str(c.get("source", ""))),
-              _pct(c.get("baseline_accuracy")), f"{100 * c.get('delta', 0):+.2f} pts",
-              _pct(red, 1) if red is not None else "–"]], "comparison"))
+        parts.append(
+            _table(
+                ["model", "test accuracy", "baseline", "baseline accuracy", "difference", "errors removed"],
+                [
+                    [
+                        esc(str(m.get("model", "?"))),
+                        _pct(c.get("accuracy")),
+                        esc(str(c.get("source", ""))),
+                        _pct(c.get("baseline_accuracy")),
+                        f"{100 * c.get('delta', 0):+.2f} pts",
+                        _pct(red, 1) if red is not None else "–",
+                    ]
+                ],
+                "comparison",
+            )
+        )
 
     parts.append("<h2>Figures</h2>")
     for name, caption in FIGURES.items():
         if name in figures:
             b64 = base64.b64encode(figures[name]).decode("ascii")
-            parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
-                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
+                f"<figcaption>{esc(caption)}</figcaption></figure>"
+            )
 
     parts.append("<h2>Per class</h2>")
     f4 = "{:.4f}".format
-    rows = [[str(r["label"]), f4(r["precision"]), f4(r["recall"]), f4(r["f1"]), f"{r['support']:,}"]
-            for r in m.get("per_class", [])]
+    rows = [
+        [str(r["label"]), f4(r["precision"]), f4(r["recall"]), f4(r["f1"]), f"{r['support']:,}"]
+        for r in m.get("per_class", [])
+    ]
     for label in ("macro_avg", "weighted_avg"):
         a = m.get(label)
         if a:
-            rows.append([label.replace("_", " "), f4(a["precision"]), f4(a["recall"]), f4(a["f1"]),
-                         f"{a['support']:,}"])
+            rows.append(
+                [
+                    label.replace("_", " "),
+                    f4(a["precision"]),
+                    f4(a["recall"]),
+                    f4(a["f1"]),
+                    f"{a['support']:,}",
+                ]
+            )
     parts.append(_table(["class", "precision", "recall", "F1", "support"], rows, "per-class"))
 
     if m.get("coverage"):
-        parts.append("<h2>Accuracy at each coverage level</h2><p>Answering only the most confident predictions.</p>")
-        parts.append(_table(["coverage", "accuracy", "confidence threshold"],
-                            [[_pct(r.get("coverage")), _pct(r.get("accuracy"), 3), _num(r.get("threshold"))]
-                             for r in m["coverage"]], "coverage"))
+        parts.append(
+            "<h2>Accuracy at each coverage level</h2><p>Answering only the most confident predictions.</p>"
+        )
+        parts.append(
+            _table(
+                ["coverage", "accuracy", "confidence threshold"],
+                [
+                    [_pct(r.get("coverage")), _pct(r.get("accuracy"), 3), _num(r.get("threshold"))]
+                    for r in m["coverage"]
+                ],
+                "coverage",
+            )
+        )
     u = m.get("unsure")
     if u:
-        parts.append(f"<p>Flagged unsure at the run's threshold {_num(u.get('threshold'))}: {u.get('flagged', 0):,} "
-                     f"({_pct(u.get('flagged_fraction'))}); accuracy on the rest {_pct(u.get('accuracy_answered'), 3)}.</p>")
+        parts.append(
+            f"<p>Flagged unsure at the run's threshold {_num(u.get('threshold'))}: {u.get('flagged', 0):,} "
+            f"({_pct(u.get('flagged_fraction'))}); accuracy on the rest {_pct(u.get('accuracy_answered'), 3)}.</p>"
+        )
     nd = m.get("non_digits")
     if nd:
         b, k = nd["blank"], nd["marks"]
-        parts.append(f"<p>Images with no digit (digitnet.nondigits): blank or near-blank pages reported empty "
-                     f"{b['empty']}/{b['n']}; scribbles, blobs, hatching and shapes flagged unsure "
-                     f"{k['unsure']}/{k['n']}.</p>")
+        parts.append(
+            f"<p>Images with no digit (digitnet.nondigits): blank or near-blank pages reported empty "
+            f"{b['empty']}/{b['n']}; scribbles, blobs, hatching and shapes flagged unsure "
+            f"{k['unsure']}/{k['n']}.</p>"
+        )
 
     if m.get("worst_errors"):
         parts.append("<h2>Most confident errors</h2>")
-        parts.append(_table(["test index", "true", "predicted", "confidence", "p(true)"],
-                            [[str(e["index"]), str(e["true"]), str(e["pred"]), _pct(e["confidence"]),
-                              _pct(e["p_true"])] for e in m["worst_errors"]], "errors"))
+        parts.append(
+            _table(
+                ["test index", "true", "predicted", "confidence", "p(true)"],
+                [
+                    [
+                        str(e["index"]),
+                        str(e["true"]),
+                        str(e["pred"]),
+                        _pct(e["confidence"]),
+                        _pct(e["p_true"]),
+                    ]
+                    for e in m["worst_errors"]
+                ],
+                "errors",
+            )
+        )
 
     parts.append("<h2>Run</h2>")
     tm = m.get("train_metrics") or {}
@@ -141,18 +201,26 @@ def render_html(metrics: dict[str, Any], figures: dict[str, bytes]) -> str:
         parts.append("<h3>Training configuration</h3>" + _table(["option", "value"], kv, "kv"))
 
     title = esc(f"digitnet report: {m.get('run', '')}")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
-            f"<body>{''.join(parts)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def write_report(run: str | Path, metrics: dict[str, Any]) -> Path:
     """Write the report files into `run` from `evaluate_run`'s dict; return the report.html path."""
     run = Path(run)
     atomic_write_json(run / "report.json", metrics)
-    atomic_write_json(run / "confusion_matrix.json", {
-        "labels": list(range(len(metrics["confusion_matrix"]))), "rows": "true label", "columns": "predicted label",
-        "matrix": metrics["confusion_matrix"]})
+    atomic_write_json(
+        run / "confusion_matrix.json",
+        {
+            "labels": list(range(len(metrics["confusion_matrix"]))),
+            "rows": "true label",
+            "columns": "predicted label",
+            "matrix": metrics["confusion_matrix"],
+        },
+    )
     title = f"Confusion matrix: {metrics.get('run', '')} ({_pct(metrics.get('accuracy'))})"
     figures = {
         "confusion_matrix.png": fig_to_png(plot_confusion_matrix(metrics["confusion_matrix"], title=title)),

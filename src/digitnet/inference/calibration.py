@@ -28,7 +28,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def _checked(scores: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     s, t = np.asarray(scores, dtype=np.float64), np.asarray(y).astype(np.int64).ravel()
     if s.ndim != 2 or s.shape[0] != t.shape[0] or s.shape[0] == 0:
-        raise InputError(f"{what} must be shaped (N, classes) with N matching {t.shape[0]} labels, got {s.shape}")
+        raise InputError(
+            f"{what} must be shaped (N, classes) with N matching {t.shape[0]} labels, got {s.shape}"
+        )
     if t.min() < 0 or t.max() >= s.shape[1]:
         raise InputError(f"labels must lie in [0, {s.shape[1] - 1}]")
     return s, t
@@ -60,8 +62,14 @@ def fit_temperature(logits_val: Any, y_val: Any, *, bounds: tuple[float, float] 
     return float(math.exp((a + b) / 2))
 
 
-def choose_unsure_threshold(probs_val: Any, y_val: Any, target_accuracy: float = 0.999, *,
-                            target_coverage: float | None = None, min_threshold: float = 0.5) -> float:
+def choose_unsure_threshold(
+    probs_val: Any,
+    y_val: Any,
+    target_accuracy: float = 0.999,
+    *,
+    target_coverage: float | None = None,
+    min_threshold: float = 0.5,
+) -> float:
     """The lowest calibrated confidence still answered, chosen on validation.
 
     With `target_coverage` (e.g. 0.98): answer that fraction, the most confident first. Otherwise
@@ -95,6 +103,11 @@ def coverage_curve(probs: Any, y: Any, levels: tuple[float, ...] = COVERAGE_LEVE
     rows = []
     for level in levels:
         k = max(1, math.ceil(level * len(t)))
-        rows.append({"coverage": float(k / len(t)), "accuracy": float(correct[:k].mean()),
-                     "threshold": float(conf[order[k - 1]])})
+        rows.append(
+            {
+                "coverage": float(k / len(t)),
+                "accuracy": float(correct[:k].mean()),
+                "threshold": float(conf[order[k - 1]]),
+            }
+        )
     return rows

@@ -42,19 +42,29 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
         quiet.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # exporter deprecation chatter, not the user's concern
-            program = torch.onnx.export(model, (example,), input_names=[INPUT], output_names=[OUTPUT],
-                                        dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                                        verbose=False)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
     except Exception as exc:
         raise ModelError(f"ONNX export of {loaded.name!r} failed: {first_line(exc)}") from None
     finally:
         quiet.setLevel(level)
     proto = program.model_proto
-    meta = {"digitnet.format": FORMAT, "digitnet.model": loaded.name,
-            "digitnet.temperature": repr(float(loaded.temperature)),
-            "digitnet.unsure_threshold": repr(float(loaded.unsure_threshold)),
-            "digitnet.version": checkpoint_version(loaded),
-            "digitnet.views": str(views_per_image(loaded.model))}  # test-time augmentation copies per image
+    meta = {
+        "digitnet.format": FORMAT,
+        "digitnet.model": loaded.name,
+        "digitnet.temperature": repr(float(loaded.temperature)),
+        "digitnet.unsure_threshold": repr(float(loaded.unsure_threshold)),
+        "digitnet.version": checkpoint_version(loaded),
+        "digitnet.views": str(views_per_image(loaded.model)),
+    }  # test-time augmentation copies per image
     if loaded.path is not None:  # lets `Predictor.load(backend="auto")` spot a stale export
         meta["digitnet.checkpoint_sha256"] = file_sha256(loaded.path)
     del proto.metadata_props[:]
@@ -73,19 +83,26 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
         raise ModelError(f"{source}: not a readable ONNX model") from None
     props = {p.key: p.value for p in proto.metadata_props}
     if props.get("digitnet.format") != FORMAT:
-        raise ModelError(f"{source}: not a digitnet ONNX export (no {FORMAT} metadata); re-export it with `digitnet export`")
+        raise ModelError(
+            f"{source}: not a digitnet ONNX export (no {FORMAT} metadata); re-export it with `digitnet export`"
+        )
     try:
         views = int(props.get("digitnet.views", "1"))
     except ValueError:
         views = 0
     if not 1 <= views <= MAX_VIEWS:
-        raise ModelError(f"{source}: digitnet.views must be 1 to {MAX_VIEWS}, got {props.get('digitnet.views')!r}")
+        raise ModelError(
+            f"{source}: digitnet.views must be 1 to {MAX_VIEWS}, got {props.get('digitnet.views')!r}"
+        )
     try:
-        return {"model": props["digitnet.model"], "version": props.get("digitnet.version", "unknown"),
-                "temperature": float(props["digitnet.temperature"]),
-                "unsure_threshold": float(props["digitnet.unsure_threshold"]),
-                "views": views,
-                "checkpoint_sha256": props.get("digitnet.checkpoint_sha256")}
+        return {
+            "model": props["digitnet.model"],
+            "version": props.get("digitnet.version", "unknown"),
+            "temperature": float(props["digitnet.temperature"]),
+            "unsure_threshold": float(props["digitnet.unsure_threshold"]),
+            "views": views,
+            "checkpoint_sha256": props.get("digitnet.checkpoint_sha256"),
+        }
     except (KeyError, ValueError):
         raise ModelError(f"{source}: digitnet ONNX metadata is incomplete; re-export it") from None
 

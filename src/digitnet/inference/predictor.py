@@ -46,8 +46,13 @@ class Prediction:
     image: np.ndarray  # (28, 28) float32: what the model saw
 
     def to_dict(self) -> dict[str, Any]:
-        return {"digit": self.digit, "confidence": self.confidence, "probabilities": list(self.probabilities),
-                "unsure": self.unsure, "empty": self.empty}
+        return {
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "probabilities": list(self.probabilities),
+            "unsure": self.unsure,
+            "empty": self.empty,
+        }
 
 
 def onnx_session(data: bytes, source: str, threads: int | None = None) -> ort.InferenceSession:
@@ -77,8 +82,18 @@ def torch_logits(net: nn.Module) -> RunLogits:
 class Predictor:
     """Calibrated digit predictions from a run folder, a model file, or the bundled "default"."""
 
-    def __init__(self, *, run_logits: RunLogits, name: str, version: str, temperature: float,
-                 unsure_threshold: float, backend: str, source: str = "", views: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        run_logits: RunLogits,
+        name: str,
+        version: str,
+        temperature: float,
+        unsure_threshold: float,
+        backend: str,
+        source: str = "",
+        views: int = 1,
+    ) -> None:
         self._run_logits = run_logits
         self._chunk = max(1, CHUNK // max(1, int(views)))  # a TTA model runs `views` copies of each image
         self.name, self.version, self.backend, self.source = name, version, backend, source
@@ -87,15 +102,33 @@ class Predictor:
             raise ModelError(f"model {name!r}: temperature must be a positive number, got {temperature}")
 
     @classmethod
-    def from_module(cls, net: nn.Module, *, name: str, version: str, temperature: float,
-                    unsure_threshold: float, source: str = "") -> Predictor:
+    def from_module(
+        cls,
+        net: nn.Module,
+        *,
+        name: str,
+        version: str,
+        temperature: float,
+        unsure_threshold: float,
+        source: str = "",
+    ) -> Predictor:
         """A torch-backend predictor over an in-memory network (e.g. a just-fitted one)."""
         net = net.eval()
-        return cls(run_logits=torch_logits(net), name=name, version=version, temperature=temperature,
-                   unsure_threshold=unsure_threshold, backend="torch", source=source, views=views_per_image(net))
+        return cls(
+            run_logits=torch_logits(net),
+            name=name,
+            version=version,
+            temperature=temperature,
+            unsure_threshold=unsure_threshold,
+            backend="torch",
+            source=source,
+            views=views_per_image(net),
+        )
 
     @classmethod
-    def load(cls, model: str | Path = "default", backend: str = "auto", threads: int | None = None) -> Predictor:
+    def load(
+        cls, model: str | Path = "default", backend: str = "auto", threads: int | None = None
+    ) -> Predictor:
         """backend: "torch", "onnx" (ONNX Runtime), or "auto" = onnx when `model` is an .onnx file or
         an export of this very checkpoint sits beside it as model.onnx, else torch. ONNX Runtime is
         the faster of the two on CPU (see BENCHMARKS.md)."""
@@ -117,10 +150,16 @@ class Predictor:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
         loaded = load_checkpoint(model)
-        return cls(run_logits=torch_logits(fast_module(loaded.model.eval())), name=loaded.name,
-                   version=checkpoint_version(loaded), temperature=loaded.temperature,
-                   unsure_threshold=loaded.unsure_threshold, backend="torch", source=str(loaded.path),
-                   views=views_per_image(loaded.model))
+        return cls(
+            run_logits=torch_logits(fast_module(loaded.model.eval())),
+            name=loaded.name,
+            version=checkpoint_version(loaded),
+            temperature=loaded.temperature,
+            unsure_threshold=loaded.unsure_threshold,
+            backend="torch",
+            source=str(loaded.path),
+            views=views_per_image(loaded.model),
+        )
 
     @classmethod
     def _load_onnx(cls, model: str | Path, onnx_file: Path | None, threads: int | None) -> Predictor:
@@ -136,9 +175,16 @@ class Predictor:
         def run_logits(x: np.ndarray) -> np.ndarray:
             return np.asarray(session.run(None, {input_name: x})[0])
 
-        return cls(run_logits=run_logits, name=meta["model"], version=meta["version"],
-                   temperature=meta["temperature"], unsure_threshold=meta["unsure_threshold"], backend="onnx",
-                   source=source, views=meta["views"])
+        return cls(
+            run_logits=run_logits,
+            name=meta["model"],
+            version=meta["version"],
+            temperature=meta["temperature"],
+            unsure_threshold=meta["unsure_threshold"],
+            backend="onnx",
+            source=source,
+            views=meta["views"],
+        )
 
     # -- arrays ------------------------------------------------------------------------------
     def logits(self, x: Any) -> np.ndarray:
@@ -166,8 +212,11 @@ class Predictor:
         xb = xb4[:, 0]  # (N, 28, 28)
         empty = list(empty) if empty is not None else [False] * len(xb)
         live = [i for i, e in enumerate(empty) if not e]
-        probs = (softmax(self._logits_checked(xb4[live]), self.temperature) if live
-                 else np.zeros((0, 10), np.float32))
+        probs = (
+            softmax(self._logits_checked(xb4[live]), self.temperature)
+            if live
+            else np.zeros((0, 10), np.float32)
+        )
         out: list[Prediction] = []
         rows = iter(probs)
         for i, is_empty in enumerate(empty):
@@ -177,10 +226,14 @@ class Predictor:
             p = next(rows)
             digit = int(p.argmax())
             conf = float(p[digit])
-            out.append(Prediction(digit, conf, [float(v) for v in p], conf < self.unsure_threshold, False, xb[i]))
+            out.append(
+                Prediction(digit, conf, [float(v) for v in p], conf < self.unsure_threshold, False, xb[i])
+            )
         return out
 
-    def predict_images(self, images: list[Image.Image | np.ndarray], *, preprocess: bool = True) -> list[Prediction]:
+    def predict_images(
+        self, images: list[Image.Image | np.ndarray], *, preprocess: bool = True
+    ) -> list[Prediction]:
         """Images (PIL or arrays, any size) → predictions, all in one batched model call."""
         if not images:
             return []
@@ -196,8 +249,10 @@ class Predictor:
         return self.predict_images([decode_image(path)], preprocess=preprocess)[0]
 
     def __repr__(self) -> str:
-        return (f"Predictor(name={self.name!r}, version={self.version!r}, backend={self.backend!r}, "
-                f"temperature={self.temperature:.4g}, unsure_threshold={self.unsure_threshold:.4g})")
+        return (
+            f"Predictor(name={self.name!r}, version={self.version!r}, backend={self.backend!r}, "
+            f"temperature={self.temperature:.4g}, unsure_threshold={self.unsure_threshold:.4g})"
+        )
 
 
 _preprocess = preprocess  # `predict_images`' keyword `preprocess` shadows the function inside it

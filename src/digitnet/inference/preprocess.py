@@ -40,8 +40,13 @@ def _fail(message: str) -> InputError:
     return InputError(" ".join(message.split()))  # always one line
 
 
-def decode_image(source: bytes | str | Path, *, formats: tuple[str, ...] = ACCEPTED_FORMATS,
-                 max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def decode_image(
+    source: bytes | str | Path,
+    *,
+    formats: tuple[str, ...] = ACCEPTED_FORMATS,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Image.Image:
     """Decode bytes or a file into a fully loaded 8-bit "L" or "RGB" image (alpha on white)."""
     if isinstance(source, bytes | bytearray | memoryview):
         data, label = bytes(source), "image"
@@ -74,7 +79,9 @@ def decode_image(source: bytes | str | Path, *, formats: tuple[str, ...] = ACCEP
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             size = f"{int(found.group(1)):,} pixels" if found else "its size"
-            raise _fail(f"{label}: {size} is over the {max_pixels:,}-pixel limit (decompression-bomb guard)") from None
+            raise _fail(
+                f"{label}: {size} is over the {max_pixels:,}-pixel limit (decompression-bomb guard)"
+            ) from None
         except Exception as exc:  # a header Pillow recognised but could not parse
             raise _fail(f"{label}: corrupt {names} header ({first_line(exc, 160)})") from None
         w, h = img.size
@@ -91,7 +98,9 @@ def decode_image(source: bytes | str | Path, *, formats: tuple[str, ...] = ACCEP
         except InputError:
             raise
         except Exception as exc:  # truncated data, bad compression stream, …
-            raise _fail(f"{label}: cannot decode {img.format or 'image'} data ({first_line(exc, 160)})") from None
+            raise _fail(
+                f"{label}: cannot decode {img.format or 'image'} data ({first_line(exc, 160)})"
+            ) from None
     return _to_8bit(img)
 
 

@@ -43,8 +43,9 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             comps = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (PredictRequest, BatchRequest):
                 s = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -56,9 +57,16 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return build
 
 
-def create_app(model: str | Path = "default", *, max_body_bytes: int = DEFAULT_MAX_BODY,
-               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, predictor: Predictor | None = None,
-               backend: str = "auto", threads: int | None = 1, retry_after_s: int = 1) -> FastAPI:
+def create_app(
+    model: str | Path = "default",
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    predictor: Predictor | None = None,
+    backend: str = "auto",
+    threads: int | None = 1,
+    retry_after_s: int = 1,
+) -> FastAPI:
     """Build the service. `predictor` (a ready `Predictor`, or a test double) skips loading `model`.
 
     `backend` is `Predictor.load`'s: "auto" runs ONNX Runtime when an up-to-date model.onnx sits
@@ -66,7 +74,9 @@ def create_app(model: str | Path = "default", *, max_body_bytes: int = DEFAULT_M
     intra-op thread count: 1 suits a server, where concurrency comes from requests running side by
     side (and from `--workers`).
     """
-    limits = Limits(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency, retry_after_s=retry_after_s)
+    limits = Limits(
+        max_body_bytes=max_body_bytes, max_concurrency=max_concurrency, retry_after_s=retry_after_s
+    )
     state = ServeState(limits=limits)
 
     @asynccontextmanager
@@ -74,15 +84,19 @@ def create_app(model: str | Path = "default", *, max_body_bytes: int = DEFAULT_M
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, limits.max_concurrency)
         if app.state.predictor is None:
-            loaded = await anyio.to_thread.run_sync(lambda: Predictor.load(model, backend=backend, threads=threads))
+            loaded = await anyio.to_thread.run_sync(
+                lambda: Predictor.load(model, backend=backend, threads=threads)
+            )
             attach(app.state, loaded)
         yield
 
     app = FastAPI(
-        title="digitnet", version=__version__, lifespan=lifespan,
+        title="digitnet",
+        version=__version__,
+        lifespan=lifespan,
         description="Handwritten-digit recognition: POST an image or 28×28 pixels, get the digit, "
-                    "calibrated probabilities and the preprocessed image the model saw. "
-                    "Errors are always JSON `{\"error\": {\"code\", \"message\"}}`.",
+        "calibrated probabilities and the preprocessed image the model saw. "
+        'Errors are always JSON `{"error": {"code", "message"}}`.',
     )
     app.state.serve = state
     app.state.predictor = None

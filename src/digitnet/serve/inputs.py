@@ -23,16 +23,37 @@ SERVER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
 # Signatures of image formats Pillow (or a browser) knows but this service refuses, by magic bytes.
 _OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"), (0, b"II+\x00", "BigTIFF"), (0, b"MM\x00+", "BigTIFF"),
-    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"\x00\x00\x02\x00", "CUR"), (0, b"8BPS", "PSD"),
-    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (0, b"\xff\x0a", "JPEG XL"), (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (0, b"qoif", "QOI"),
-    (0, b"DDS ", "DDS"), (0, b"icns", "ICNS"), (0, b"%PDF", "PDF"), (0, b"%!PS", "PostScript"),
-    (0, b"\xc5\xd0\xd3\xc6", "EPS"), (0, b"gimp xcf", "XCF"), (0, b"\x59\xa6\x6a\x95", "Sun raster"),
-    (0, b"SIMPLE  =", "FITS"), (0, b"#?RADIANCE", "HDR"), (0, b"\x76\x2f\x31\x01", "OpenEXR"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"II+\x00", "BigTIFF"),
+    (0, b"MM\x00+", "BigTIFF"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"\x00\x00\x02\x00", "CUR"),
+    (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"\xff\x0a", "JPEG XL"),
+    (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (0, b"qoif", "QOI"),
+    (0, b"DDS ", "DDS"),
+    (0, b"icns", "ICNS"),
+    (0, b"%PDF", "PDF"),
+    (0, b"%!PS", "PostScript"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"gimp xcf", "XCF"),
+    (0, b"\x59\xa6\x6a\x95", "Sun raster"),
+    (0, b"SIMPLE  =", "FITS"),
+    (0, b"#?RADIANCE", "HDR"),
+    (0, b"\x76\x2f\x31\x01", "OpenEXR"),
 )
-_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF",
-                b"avis": "AVIF"}
+_FTYP_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+}
 
 
 def other_image_format(data: bytes) -> str | None:
@@ -74,14 +95,17 @@ def decode_item(item: Item, max_bytes: int) -> Image.Image | np.ndarray:
     data = item.data or b""
     other = other_image_format(data)
     if other is not None:
-        raise HTTPError(415, "unsupported_media_type",
-                        f"{item.label}: {other} images are not accepted; send {', '.join(SERVER_FORMATS)}")
+        raise HTTPError(
+            415,
+            "unsupported_media_type",
+            f"{item.label}: {other} images are not accepted; send {', '.join(SERVER_FORMATS)}",
+        )
     try:
         return decode_image(data, formats=SERVER_FORMATS, max_bytes=max_bytes)
     except InputError as exc:
         message = str(exc)
         if message.startswith("image: "):  # decode_image labels raw bytes "image"; use ours
-            message = message[len("image: "):]
+            message = message[len("image: ") :]
         raise InputError(f"{item.label}: {message}") from None
 
 

@@ -72,8 +72,13 @@ class BodyLimitMiddleware:
                 await send_error(send, 400, "bad_request", "Content-Length is not a number", close=True)
                 return
             if n > cap:  # refuse before reading a byte of it
-                await send_error(send, 413, "payload_too_large", f"request body is {n} bytes; the limit is {cap}",
-                                 close=True)
+                await send_error(
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"request body is {n} bytes; the limit is {cap}",
+                    close=True,
+                )
                 return
         chunks: list[bytes] = []
         total = 0
@@ -81,16 +86,26 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout_s)
             except TimeoutError:
-                await send_error(send, 408, "request_timeout",
-                                 f"request body stalled for {self.read_timeout_s:g} s", close=True)
+                await send_error(
+                    send,
+                    408,
+                    "request_timeout",
+                    f"request body stalled for {self.read_timeout_s:g} s",
+                    close=True,
+                )
                 return
             if message["type"] == "http.disconnect":
                 return  # the client went away mid-upload; nothing to answer
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > cap:
-                await send_error(send, 413, "payload_too_large", f"request body exceeds the limit of {cap} bytes",
-                                 close=True)
+                await send_error(
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"request body exceeds the limit of {cap} bytes",
+                    close=True,
+                )
                 return
             if chunk:
                 chunks.append(chunk)
@@ -124,8 +139,14 @@ class ConcurrencyLimitMiddleware:
             return
         if self.state.inflight >= self.limits.max_concurrency:
             self.state.metrics.observe_rejected()
-            await send_error(send, 503, "overloaded", "the server is busy; retry shortly",
-                             self.limits.retry_after(), close=True)
+            await send_error(
+                send,
+                503,
+                "overloaded",
+                "the server is busy; retry shortly",
+                self.limits.retry_after(),
+                close=True,
+            )
             return
         self.state.inflight += 1
         try:

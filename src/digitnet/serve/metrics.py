@@ -14,8 +14,9 @@ from typing import Any
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-ROUTES = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/predict", "/v1/predict/batch",
-                    "/docs", "/openapi.json"})
+ROUTES = frozenset(
+    {"/", "/healthz", "/readyz", "/metrics", "/v1/predict", "/v1/predict/batch", "/docs", "/openapi.json"}
+)
 
 
 def route_label(path: str) -> str:
@@ -68,9 +69,13 @@ class Metrics:
                 "# TYPE digitnet_http_requests_total counter",
             ]
             for (route, method, status), n in sorted(self.requests.items()):
-                lines.append(f'digitnet_http_requests_total{{route="{route}",method="{method}",status="{status}"}} {n}')
-            lines += ["# HELP digitnet_http_request_duration_seconds Request latency by route.",
-                      "# TYPE digitnet_http_request_duration_seconds histogram"]
+                lines.append(
+                    f'digitnet_http_requests_total{{route="{route}",method="{method}",status="{status}"}} {n}'
+                )
+            lines += [
+                "# HELP digitnet_http_request_duration_seconds Request latency by route.",
+                "# TYPE digitnet_http_request_duration_seconds histogram",
+            ]
             for route, row in sorted(self.latency.items()):
                 name = "digitnet_http_request_duration_seconds"
                 for bound, n in zip(BUCKETS, row, strict=False):
@@ -78,8 +83,10 @@ class Metrics:
                 lines.append(f'{name}_bucket{{route="{route}",le="+Inf"}} {int(row[-1])}')
                 lines.append(f'{name}_sum{{route="{route}"}} {row[-2]:.6f}')
                 lines.append(f'{name}_count{{route="{route}"}} {int(row[-1])}')
-            lines += ["# HELP digitnet_predictions_total Predictions by digit (\"none\" for empty images).",
-                      "# TYPE digitnet_predictions_total counter"]
+            lines += [
+                '# HELP digitnet_predictions_total Predictions by digit ("none" for empty images).',
+                "# TYPE digitnet_predictions_total counter",
+            ]
             for digit in [*map(str, range(10)), "none"]:
                 lines.append(f'digitnet_predictions_total{{digit="{digit}"}} {self.predictions[digit]}')
             lines += [
@@ -130,5 +137,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.observe_request(route_label(scope["path"]), method if (method := scope.get("method", "")) in METHODS else "OTHER", status,
-                                         time.perf_counter() - start)
+            self.metrics.observe_request(
+                route_label(scope["path"]),
+                method if (method := scope.get("method", "")) in METHODS else "OTHER",
+                status,
+                time.perf_counter() - start,
+            )

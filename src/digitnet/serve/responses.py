@@ -22,9 +22,16 @@ from digitnet.utils import first_line
 log = logging.getLogger("digitnet.serve")
 
 STATUS_CODES = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
-    413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
-    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
 }
 
 
@@ -41,12 +48,20 @@ def error_bytes(code: str, message: str) -> bytes:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_bytes(code, message), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        error_bytes(code, message), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
-async def send_error(send: Any, status: int, code: str, message: str,
-                     headers: dict[str, str] | None = None, *, close: bool = False) -> None:
+async def send_error(
+    send: Any,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    close: bool = False,
+) -> None:
     """Send a complete JSON error response on a raw ASGI `send` (for pure ASGI middleware).
 
     `close`: the request body was not (fully) read, so the connection cannot carry another
@@ -79,7 +94,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     async def on_input_error(request: Request, exc: InputError) -> Response:
-        return error_response(422, "invalid_input", first_line(exc, 500) if str(exc).strip() else "invalid input")
+        return error_response(
+            422, "invalid_input", first_line(exc, 500) if str(exc).strip() else "invalid input"
+        )
 
     async def on_digitnet_error(request: Request, exc: DigitnetError) -> Response:
         # A ModelError mid-request is the server's problem, not the client's; say so without detail.
@@ -99,8 +116,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal server error")
 
     handlers: list[tuple[type[Exception], Any]] = [
-        (HTTPError, on_http_error), (InputError, on_input_error), (DigitnetError, on_digitnet_error),
-        (RequestValidationError, on_validation), (StarletteHTTPException, on_starlette_http),
-        (Exception, on_unexpected)]
+        (HTTPError, on_http_error),
+        (InputError, on_input_error),
+        (DigitnetError, on_digitnet_error),
+        (RequestValidationError, on_validation),
+        (StarletteHTTPException, on_starlette_http),
+        (Exception, on_unexpected),
+    ]
     for kind, handler in handlers:
         app.add_exception_handler(kind, handler)

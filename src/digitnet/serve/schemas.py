@@ -31,13 +31,17 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pixels: list[Pixel] | list[list[Pixel]] | None = Field(
-        default=None, description="28×28 rows or 784 numbers, light digit on dark background (MNIST form)")
+        default=None, description="28×28 rows or 784 numbers, light digit on dark background (MNIST form)"
+    )
     image_base64: str | None = Field(
-        default=None, description="a PNG/JPEG/GIF/BMP/WebP file, base64 (a data: URL prefix is allowed)")
+        default=None, description="a PNG/JPEG/GIF/BMP/WebP file, base64 (a data: URL prefix is allowed)"
+    )
     scale: Literal["auto", "0-255", "0-1"] = Field(
-        default="auto", description="pixel scale; auto = 0-255 if any value is above 1, else 0-1")
+        default="auto", description="pixel scale; auto = 0-255 if any value is above 1, else 0-1"
+    )
     preprocess: bool = Field(
-        default=False, description="run pixels through the photo pipeline (images always are)")
+        default=False, description="run pixels through the photo pipeline (images always are)"
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:
@@ -49,8 +53,9 @@ class PredictRequest(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[PredictRequest] = Field(min_length=1, max_length=MAX_BATCH,
-                                        description=f"1 to {MAX_BATCH} images")
+    items: list[PredictRequest] = Field(
+        min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} images"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -97,8 +102,10 @@ def pixels_to_array(req: PredictRequest) -> np.ndarray:
     if px and isinstance(px[0], list):
         widths = sorted({len(row) for row in px})
         if len(px) != 28 or widths != [28]:
-            raise InputError(f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} rows "
-                             f"of length {'/'.join(map(str, widths))}")
+            raise InputError(
+                f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} rows "
+                f"of length {'/'.join(map(str, widths))}"
+            )
     elif len(px) != 784:
         raise InputError(f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} numbers")
     arr = np.asarray(px, dtype=np.float32).reshape(28, 28)

@@ -99,7 +99,9 @@ def field_names() -> tuple[str, ...]:
 def _known(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(field_names()))
     if unknown:
-        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}; known: {', '.join(field_names())}")
+        raise ConfigError(
+            f"unknown training option(s): {', '.join(unknown)}; known: {', '.join(field_names())}"
+        )
     return options
 
 
@@ -109,7 +111,9 @@ def _legacy(d: dict[str, Any]) -> dict[str, Any]:
         return dict(d)
     d = dict(d)
     value = d.pop("bf16")
-    translated = {True: "bf16", False: "fp32", "auto": "auto"}.get(value) if isinstance(value, bool | str) else None
+    translated = (
+        {True: "bf16", False: "fp32", "auto": "auto"}.get(value) if isinstance(value, bool | str) else None
+    )
     if translated is None:
         raise ConfigError(f"bf16 must be true, false or 'auto', got {value!r}")
     d.setdefault("precision", translated)
@@ -136,5 +140,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
                 raise ValueError("not a JSON object")
             return key, value
     except ValueError as exc:
-        raise ConfigError(f"--set {key}: cannot read {raw!r} as {getattr(kind, '__name__', 'JSON')} ({exc})") from None
+        raise ConfigError(
+            f"--set {key}: cannot read {raw!r} as {getattr(kind, '__name__', 'JSON')} ({exc})"
+        ) from None
     return key, raw.strip()

@@ -26,8 +26,14 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: TestSplit) -> 
     # Members predict from one view: averaging over models already does what test-time
     # augmentation does, at a ninth of the cost (BENCHMARKS.md: 3-run ensembles of `best` made
     # 24.1 errors from one view and 24.2 with TTA, on average over 10 choices of 3 runs).
-    members = [{"model": m.name, "kwargs": {**m.model_kwargs, **({"tta": 0} if "tta" in m.model_kwargs else {})},
-                "temperature": m.temperature} for m in loaded]
+    members = [
+        {
+            "model": m.name,
+            "kwargs": {**m.model_kwargs, **({"tta": 0} if "tta" in m.model_kwargs else {})},
+            "temperature": m.temperature,
+        }
+        for m in loaded
+    ]
     model = Ensemble(members)
     for sub, m in zip(model.members, loaded, strict=True):
         sub.load_state_dict(m.model.state_dict())
@@ -41,16 +47,34 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: TestSplit) -> 
     member_acc = [float((lg.argmax(1).numpy() == y).mean()) for lg in member_logits]
     pred = model.combine(member_logits).argmax(1).numpy()
     metrics = {
-        "model": "ensemble", "members": [str(r) for r in runs], "member_test_accuracy": member_acc,
-        "test_accuracy": float((pred == y).mean()), "test_errors": int((pred != y).sum()),
-        "val_accuracy": None, "train_seconds": sum(float(m.meta.get("train_seconds", 0) or 0) for m in loaded),
-        "epochs": 0, "seed": None, "parameters": count_parameters(model), "temperature": 1.0,
+        "model": "ensemble",
+        "members": [str(r) for r in runs],
+        "member_test_accuracy": member_acc,
+        "test_accuracy": float((pred == y).mean()),
+        "test_errors": int((pred != y).sum()),
+        "val_accuracy": None,
+        "train_seconds": sum(float(m.meta.get("train_seconds", 0) or 0) for m in loaded),
+        "epochs": 0,
+        "seed": None,
+        "parameters": count_parameters(model),
+        "temperature": 1.0,
         "unsure_threshold": float(np.mean([m.unsure_threshold for m in loaded])),
-        "dataset": data.name, "finished": runfolder.now_iso(),
+        "dataset": data.name,
+        "finished": runfolder.now_iso(),
     }
     config = {"model": "ensemble", "members": members}
-    runfolder.write_run(out, model, model_name="ensemble", model_kwargs={"members": members}, config=config,
-                        temperature=1.0, unsure_threshold=metrics["unsure_threshold"], metrics=metrics, history=[],
-                        data=data.summary(), started=started,
-                        checkpoint_meta={"test_accuracy": metrics["test_accuracy"], "members": metrics["members"]})
+    runfolder.write_run(
+        out,
+        model,
+        model_name="ensemble",
+        model_kwargs={"members": members},
+        config=config,
+        temperature=1.0,
+        unsure_threshold=metrics["unsure_threshold"],
+        metrics=metrics,
+        history=[],
+        data=data.summary(),
+        started=started,
+        checkpoint_meta={"test_accuracy": metrics["test_accuracy"], "members": metrics["members"]},
+    )
     return metrics

@@ -130,8 +130,9 @@ def _uint8(x: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                      batch_size: int = 2500) -> tuple[float, float]:
+def accuracy_and_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 2500
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on uint8 images x (N, 1, 28, 28)."""
     model.eval()
     correct, loss = 0, 0.0
@@ -145,10 +146,20 @@ def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device
     return correct / max(1, len(x)), loss / max(1, len(x))
 
 
-def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None, *, progress: Progress | None = None, on_epoch: Callback | None = None,
-        resume_state: ResumeState | None = None, checkpoint_fn: Callable[[ResumeState], None] | None = None,
-        eval_hook: EvalHook | None = None, eval_every: int = 0) -> FitResult:
+def fit(
+    cfg: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    *,
+    progress: Progress | None = None,
+    on_epoch: Callback | None = None,
+    resume_state: ResumeState | None = None,
+    checkpoint_fn: Callable[[ResumeState], None] | None = None,
+    eval_hook: EvalHook | None = None,
+    eval_every: int = 0,
+) -> FitResult:
     """Train `cfg.model` on uint8 images `(N, 28, 28)` and int labels; return the best model.
 
     on_epoch: called with each epoch's history row. checkpoint_fn: called with the resumable state
@@ -160,8 +171,19 @@ def fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return _fit(cfg, x_train, y_train, x_val, y_val, progress, on_epoch, resume_state, checkpoint_fn,
-                    eval_hook, eval_every)
+        return _fit(
+            cfg,
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            progress,
+            on_epoch,
+            resume_state,
+            checkpoint_fn,
+            eval_hook,
+            eval_every,
+        )
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -190,10 +212,19 @@ class _Run:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
-         y_val: np.ndarray | None, progress: Progress | None, on_epoch: Callback | None,
-         resume: ResumeState | None, checkpoint_fn: Callable[[ResumeState], None] | None,
-         eval_hook: EvalHook | None, eval_every: int) -> FitResult:
+def _fit(
+    cfg: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    progress: Progress | None,
+    on_epoch: Callback | None,
+    resume: ResumeState | None,
+    checkpoint_fn: Callable[[ResumeState], None] | None,
+    eval_hook: EvalHook | None,
+    eval_every: int,
+) -> FitResult:
     torch.manual_seed(cfg.seed)
     run = _start(cfg, x_train, y_train, resume)
     has_val = x_val is not None and y_val is not None and len(x_val) > 0
@@ -212,15 +243,27 @@ def _fit(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
         history.append(row)
         score = row.get("val_accuracy", epoch)  # without validation the last epoch is the best
         if score >= best.score:  # ties go to the later, longer-annealed weights
-            best = _Best(score, epoch + 1, {k: v.detach().clone() for k, v in run.eval_model.state_dict().items()})
+            best = _Best(
+                score, epoch + 1, {k: v.detach().clone() for k, v in run.eval_model.state_dict().items()}
+            )
         if on_epoch is not None and run.rank == 0:
             on_epoch(row)
         if checkpoint_fn is not None and run.rank == 0:
-            checkpoint_fn(ResumeState(
-                model=run.model.state_dict(), optimizer=run.opt.state_dict(),
-                ema=run.ema.state_dict() if run.ema is not None else {}, generator=run.gen.get_state(),
-                history=history, best_acc=best.score, best_epoch=best.epoch, best_state=best.state,
-                train_seconds=train_seconds, epoch=epoch + 1, bf16=run.bf16))
+            checkpoint_fn(
+                ResumeState(
+                    model=run.model.state_dict(),
+                    optimizer=run.opt.state_dict(),
+                    ema=run.ema.state_dict() if run.ema is not None else {},
+                    generator=run.gen.get_state(),
+                    history=history,
+                    best_acc=best.score,
+                    best_epoch=best.epoch,
+                    best_state=best.state,
+                    train_seconds=train_seconds,
+                    epoch=epoch + 1,
+                    bf16=run.bf16,
+                )
+            )
         if cfg.early_stopping and has_val and epoch + 1 - best.epoch >= cfg.early_stopping:
             break
 
@@ -258,14 +301,25 @@ def _start(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, resume: R
     else:
         network = f"{cfg.model} {sorted(network_kwargs(cfg.model, cfg.model_kwargs).items())}"
         local_bs = cfg.batch_size // world
-        bf16 = dist.broadcast_flag(resolve_bf16(cfg.precision, model, device, local_bs, network) if rank == 0 else False)
+        bf16 = dist.broadcast_flag(
+            resolve_bf16(cfg.precision, model, device, local_bs, network) if rank == 0 else False
+        )
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in ("cpu", "cuda"))
     steps_per_epoch = max(1, len(x) // cfg.batch_size)  # drop the ragged last batch: stable BN
-    return _Run(x, y, model, ddp_model, opt, ema, teacher, gen, amp, bf16, device, steps_per_epoch, rank, world)
+    return _Run(
+        x, y, model, ddp_model, opt, ema, teacher, gen, amp, bf16, device, steps_per_epoch, rank, world
+    )
 
 
-def _train_epoch(cfg: TrainConfig, run: _Run, epoch: int, progress: Progress | None, eval_hook: EvalHook | None,
-                 eval_every: int, seconds_before: float) -> dict[str, float]:
+def _train_epoch(
+    cfg: TrainConfig,
+    run: _Run,
+    epoch: int,
+    progress: Progress | None,
+    eval_hook: EvalHook | None,
+    eval_every: int,
+    seconds_before: float,
+) -> dict[str, float]:
     """One pass over a fresh permutation; returns the epoch's history row (without validation)."""
     steps, world, rank = run.steps_per_epoch, run.world, run.rank
     local_bs = cfg.batch_size // world
@@ -308,6 +362,11 @@ def _train_epoch(cfg: TrainConfig, run: _Run, epoch: int, progress: Progress | N
         progress.end_epoch()
     if eval_hook is not None:
         eval_hook(run.eval_model, seconds_before + epoch_seconds, (epoch + 1) * steps)
-    return {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-            "lr": run.opt.param_groups[0]["lr"], "seconds": epoch_seconds,
-            "images_per_s": seen * world / max(epoch_seconds, 1e-9)}
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(1, seen),
+        "train_accuracy": correct / max(1, seen),
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": epoch_seconds,
+        "images_per_s": seen * world / max(epoch_seconds, 1e-9),
+    }

@@ -20,9 +20,15 @@ class EpochProgress:
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         self._progress = Progress(
-            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  {task.fields[ips]:,.0f} img/s"),
-            TimeRemainingColumn(), console=self.console, transient=True,
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  {task.fields[ips]:,.0f} img/s"
+            ),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=steps, loss=0.0, acc=0.0, ips=0.0)
@@ -41,14 +47,18 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
     val = ""
     if "val_accuracy" in row:
         val = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}"
-    return (f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
-            f"{val}  {row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s")
+    return (
+        f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
+        f"{val}  {row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s"
+    )
 
 
 class Reporter:
     """Chooses between human output (bar + lines on stderr/stdout), JSON lines, or silence."""
 
-    def __init__(self, *, quiet: bool = False, log_json: bool = False, console: Console | None = None) -> None:
+    def __init__(
+        self, *, quiet: bool = False, log_json: bool = False, console: Console | None = None
+    ) -> None:
         self.quiet, self.log_json = quiet, log_json
         self.console = console or Console(highlight=False)
         self.bar = None if (quiet or log_json) else EpochProgress()

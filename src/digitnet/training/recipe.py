@@ -21,7 +21,9 @@ from digitnet.training.config import Precision, TrainConfig
 from digitnet.utils import atomic_write_json, cpu_name
 
 
-def random_affine(x: torch.Tensor, strength: float, gen: torch.Generator, elastic: float = 0.0) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor, strength: float, gen: torch.Generator, elastic: float = 0.0
+) -> torch.Tensor:
     """Random rotation ±10°, scale ±10 %, shear ±0.15 and shift ±2 px per image (× strength),
     plus, when `elastic` > 0, a smooth random displacement field of up to about `elastic` px
     (Simard et al. 2003's elastic distortion, here a 4×4 grid of random offsets upsampled bicubically).
@@ -36,10 +38,13 @@ def random_affine(x: torch.Tensor, strength: float, gen: torch.Generator, elasti
     angle, scale, shear = u(math.radians(10)), 1 + u(0.10), u(0.15)
     tx, ty = u(2.0 / 14), u(2.0 / 14)  # affine_grid coordinates span [-1, 1] over 28 px
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
-        torch.stack([cos, -sin + shear * cos, tx], 1),
-        torch.stack([sin, cos + shear * sin, ty], 1),
-    ], 1)  # (B, 2, 3)
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin + shear * cos, tx], 1),
+            torch.stack([sin, cos + shear * sin, ty], 1),
+        ],
+        1,
+    )  # (B, 2, 3)
     grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
     if elastic:  # (B, 2, 4, 4) offsets in px → (B, H, W, 2) in grid units (2 / H per px)
         coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * (elastic * 2 / h)
@@ -110,22 +115,27 @@ class Teacher:
 
     def __init__(self, spec: str, device: torch.device, weight: float) -> None:
         loaded = load_checkpoint(spec)
-        self.model = loaded.model.to(device).to(memory_format=torch.channels_last).requires_grad_(False).eval()
+        self.model = (
+            loaded.model.to(device).to(memory_format=torch.channels_last).requires_grad_(False).eval()
+        )
         self.weight = weight
 
     def loss(self, student_logits: torch.Tensor, x: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
         """(1 - w) · hard-label loss + w · T² · KL(teacher_T ‖ student_T); logits (B, 10) float32."""
         with torch.no_grad(), single_view(self.model):  # one view: TTA would cost 9× on every step
             target = F.log_softmax(self.model(x).float() / DISTILL_T, 1)  # (B, 10)
-        soft = F.kl_div(F.log_softmax(student_logits / DISTILL_T, 1), target, log_target=True, reduction="batchmean")
+        soft = F.kl_div(
+            F.log_softmax(student_logits / DISTILL_T, 1), target, log_target=True, reduction="batchmean"
+        )
         return (1 - self.weight) * hard_loss + self.weight * DISTILL_T**2 * soft
 
 
 BF16_MIN_SPEEDUP = 1.15  # "auto" takes bf16 only when a step is at least this much faster
 
 
-def resolve_bf16(setting: Precision, model: nn.Module, device: torch.device, batch_size: int,
-                 network: str = "") -> bool:
+def resolve_bf16(
+    setting: Precision, model: nn.Module, device: torch.device, batch_size: int, network: str = ""
+) -> bool:
     """Whether a run trains under bf16 autocast. "bf16"/"fp32" are obeyed; "auto" means bf16 AMP
     on CUDA, and on a CPU a timing probe: a few training steps of `model` in fp32 and in bf16.
 
@@ -139,8 +149,10 @@ def resolve_bf16(setting: Precision, model: nn.Module, device: torch.device, bat
     if device.type != "cpu":
         return device.type == "cuda"
     path = cache_dir().parent / "precision.json"
-    key = (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-           f"{network or type(model).__name__} | batch {batch_size}")
+    key = (
+        f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+        f"{network or type(model).__name__} | batch {batch_size}"
+    )
     try:
         table = json.loads(path.read_text())
         if isinstance(table.get(key), bool):

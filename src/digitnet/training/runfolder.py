@@ -33,8 +33,16 @@ from digitnet.training.loop import ResumeState
 from digitnet.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, cpu_name, first_line
 
 RESUME_FORMAT = "digitnet-resume/1"
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                   "images_per_s"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "images_per_s",
+]
 
 
 def now_iso() -> str:
@@ -48,46 +56,80 @@ def default_run_dir(model: str, seed: int, root: str | Path = "runs") -> Path:
 def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def versions() -> dict[str, str]:
-    return {"digitnet": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__}
+    return {
+        "digitnet": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": cpu_name(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "hostname": platform.node(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
-def write_run(out: Path, model: nn.Module, *, model_name: str, model_kwargs: dict[str, Any],
-              config: dict[str, Any], temperature: float, unsure_threshold: float, metrics: dict[str, Any],
-              history: list[dict[str, float]], data: dict[str, Any], started: str,
-              checkpoint_meta: dict[str, Any], world_size: int = 1) -> None:
+def write_run(
+    out: Path,
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    config: dict[str, Any],
+    temperature: float,
+    unsure_threshold: float,
+    metrics: dict[str, Any],
+    history: list[dict[str, float]],
+    data: dict[str, Any],
+    started: str,
+    checkpoint_meta: dict[str, Any],
+    world_size: int = 1,
+) -> None:
     """Write a complete run folder: model.pt, history.csv, manifest.json, then metrics.json.
 
     `data` describes what it was trained on: a dataset's `summary()`, or a dict for arrays that
     came from elsewhere (`DigitClassifier.fit`).
     """
-    save_checkpoint(out / "model.pt", model, model_name=model_name, model_kwargs=model_kwargs, config=config,
-                    temperature=temperature, unsure_threshold=unsure_threshold, meta=checkpoint_meta)
+    save_checkpoint(
+        out / "model.pt",
+        model,
+        model_name=model_name,
+        model_kwargs=model_kwargs,
+        config=config,
+        temperature=temperature,
+        unsure_threshold=unsure_threshold,
+        meta=checkpoint_meta,
+    )
     write_history(out / "history.csv", history)
-    atomic_write_json(out / "manifest.json", {
-        "config": config,
-        "data": data,
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "machine": machine(),
-        "world_size": world_size,
-        "command": sys.argv,
-        "started": started,
-        "finished": metrics.get("finished", now_iso()),
-    })
+    atomic_write_json(
+        out / "manifest.json",
+        {
+            "config": config,
+            "data": data,
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "machine": machine(),
+            "world_size": world_size,
+            "command": sys.argv,
+            "started": started,
+            "finished": metrics.get("finished", now_iso()),
+        },
+    )
     atomic_write_json(out / "metrics.json", metrics)
 
 

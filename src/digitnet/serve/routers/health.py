@@ -17,8 +17,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Ready, responses={503: {"model": ErrorResponse}},
-            summary="The model is loaded and predictions can be served")
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses={503: {"model": ErrorResponse}},
+    summary="The model is loaded and predictions can be served",
+)
 def readyz(state: ServeState = Depends(get_state)) -> Response:
     if state.model_info is None:
         err = state.not_ready()

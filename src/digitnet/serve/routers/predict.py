@@ -39,9 +39,12 @@ router = APIRouter(tags=["predict"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
-    for status, text in ((413, "body over the size cap"), (415, "not JSON/multipart, or an image format we refuse"),
-                         (422, "undecodable image, wrong shape, NaN or out-of-range pixels, pixel bomb"),
-                         (503, "model not loaded yet, or too many requests in flight (see Retry-After)"))
+    for status, text in (
+        (413, "body over the size cap"),
+        (415, "not JSON/multipart, or an image format we refuse"),
+        (422, "undecodable image, wrong shape, NaN or out-of-range pixels, pixel bomb"),
+        (503, "model not loaded yet, or too many requests in flight (see Retry-After)"),
+    )
 }
 
 
@@ -49,10 +52,17 @@ def _body_doc(schema: type, field: str, many: bool) -> dict[str, Any]:
     """OpenAPI for a body read by hand: the JSON model, or multipart with one/many files."""
     file_schema = {"type": "string", "format": "binary"}
     part = {"type": "array", "items": file_schema} if many else file_schema
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema.__name__}"}},
-        "multipart/form-data": {"schema": {"type": "object", "required": [field], "properties": {field: part}}},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{schema.__name__}"}},
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [field], "properties": {field: part}}
+                },
+            },
+        }
+    }
 
 
 async def _read_items(request: Request, *, batch: bool) -> list[Item]:
@@ -68,8 +78,11 @@ async def _read_items(request: Request, *, batch: bool) -> list[Item]:
             raise HTTPError(422, "invalid_input", validation_message(exc.errors(include_url=False))) from None
     if media_type == "multipart/form-data":
         return await _read_files(request, "files" if batch else "file", MAX_BATCH if batch else 1)
-    raise HTTPError(415, "unsupported_media_type",
-                    f"send application/json or multipart/form-data, not {media_type or 'no Content-Type'}")
+    raise HTTPError(
+        415,
+        "unsupported_media_type",
+        f"send application/json or multipart/form-data, not {media_type or 'no Content-Type'}",
+    )
 
 
 async def _read_files(request: Request, field: str, max_files: int) -> list[Item]:
@@ -95,34 +108,49 @@ async def _read_files(request: Request, field: str, max_files: int) -> list[Item
 
 def _to_response(pred: Prediction, info: ModelInfo) -> PredictResponse:
     return PredictResponse.model_construct(
-        digit=pred.digit, confidence=round(float(pred.confidence), 6),
+        digit=pred.digit,
+        confidence=round(float(pred.confidence), 6),
         probabilities=np.round(np.asarray(pred.probabilities, dtype=np.float64), 6).tolist(),
-        unsure=bool(pred.unsure), empty=bool(pred.empty), model=info,
+        unsure=bool(pred.unsure),
+        empty=bool(pred.empty),
+        model=info,
         image=np.round(np.asarray(pred.image, dtype=np.float64), 4).tolist(),  # (28, 28)
     )
 
 
-async def _run(predictor: Predictor, state: ServeState, items: list[Item]) -> tuple[list[Prediction], ModelInfo]:
+async def _run(
+    predictor: Predictor, state: ServeState, items: list[Item]
+) -> tuple[list[Prediction], ModelInfo]:
     preds = await run_in_threadpool(predict_items, predictor, items, state.limits.max_body_bytes)
     state.metrics.observe_predictions(preds)
     return preds, state.model_info or ModelInfo(name=str(predictor.name), version=str(predictor.version))
 
 
-@router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,
-             openapi_extra=_body_doc(PredictRequest, "file", many=False),
-             summary="Classify one image (JSON pixels, JSON base64 image, or multipart `file`)")
-async def predict(request: Request, predictor: Predictor = Depends(get_predictor),
-                  state: ServeState = Depends(get_state)) -> Response:
+@router.post(
+    "/v1/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra=_body_doc(PredictRequest, "file", many=False),
+    summary="Classify one image (JSON pixels, JSON base64 image, or multipart `file`)",
+)
+async def predict(
+    request: Request, predictor: Predictor = Depends(get_predictor), state: ServeState = Depends(get_state)
+) -> Response:
     items = await _read_items(request, batch=False)
     preds, info = await _run(predictor, state, items)
     return Response(_to_response(preds[0], info).model_dump_json(), media_type="application/json")
 
 
-@router.post("/v1/predict/batch", response_model=BatchResponse, responses=ERRORS,
-             openapi_extra=_body_doc(BatchRequest, "files", many=True),
-             summary=f"Classify up to {MAX_BATCH} images (JSON `items`, or multipart repeated `files`)")
-async def predict_batch(request: Request, predictor: Predictor = Depends(get_predictor),
-                        state: ServeState = Depends(get_state)) -> Response:
+@router.post(
+    "/v1/predict/batch",
+    response_model=BatchResponse,
+    responses=ERRORS,
+    openapi_extra=_body_doc(BatchRequest, "files", many=True),
+    summary=f"Classify up to {MAX_BATCH} images (JSON `items`, or multipart repeated `files`)",
+)
+async def predict_batch(
+    request: Request, predictor: Predictor = Depends(get_predictor), state: ServeState = Depends(get_state)
+) -> Response:
     items = await _read_items(request, batch=True)
     if len(items) > MAX_BATCH:  # multipart: the parser stops at MAX_BATCH files, JSON at max_length
         raise HTTPError(422, "invalid_input", f"at most {MAX_BATCH} images per batch, got {len(items)}")
