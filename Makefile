@@ -8,7 +8,7 @@ STAMP := $(VENV)/.digitnet-installed
 DIGITNET_DATA ?= $(if $(wildcard ../shared/mnist),$(abspath ../shared/mnist),)
 export DIGITNET_DATA
 
-.PHONY: demo test lint venv browser clean
+.PHONY: demo test test-fast lint venv browser clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,12 +29,20 @@ browser:
 demo: $(STAMP)
 	$(BIN)/python -m digitnet demo
 
-test: $(STAMP) browser
-	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest -q
+# The full suite (what CI runs): lint, then every test, real-data training and the browser included.
+test: lint browser
+	$(BIN)/python -m pytest -q --durations=15
 
+# The quick lane: no test marked slow (real training) or browser; under a minute on 2 cores.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow and not browser" --durations=15
+
+# Style, formatting, layer contracts (import-linter) and types (mypy).
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -2,7 +2,8 @@
 and its 4 one-pixel shifts, and from all 9 shifts, then ensembles of every k of the runs with one
 view and with 9 shifts per member (calibrated, as `digitnet ensemble` averages them).
 
-    DIGITNET_DATA=../shared/mnist PYTHONPATH=src python scripts/tta_runs.py runs/best-s0 … runs/best-s4 [--k 3 5]
+    DIGITNET_DATA=../shared/mnist PYTHONPATH=src python scripts/tta_runs.py \
+        runs/best-s0 … runs/best-s4 [--k 3 5]
 """
 
 from __future__ import annotations

@@ -8,16 +8,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Tests that pin torch to one thread must not slow every later test in the process."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The folder named by DIGITNET_DATA holding real MNIST.

@@ -30,12 +30,11 @@ def data():
 
 @pytest.fixture(scope="module")
 def fitted(data):
-    torch.set_num_threads(1)
     (x, y), _ = data
     return DigitClassifier("mlp", epochs=2, val_size=0, **FAST).fit(x, y)
 
 
-def test_fit_learns_and_predicts(fitted, data):
+def test_fit_learns_and_predicts(fitted, data, tmp_path):
     _, (xt, yt) = data
     clf = fitted
     assert isinstance(clf, DigitClassifier)
@@ -43,6 +42,10 @@ def test_fit_learns_and_predicts(fitted, data):
     assert proba.shape == (200, 10) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     # the one prediction path: the same numbers as digitnet.inference's Predictor on the saved run
+    from digitnet.inference.predictor import Predictor
+
+    saved = Predictor.load(clf.save(tmp_path / "run"), backend="torch").predict_proba(xt)
+    np.testing.assert_allclose(saved, proba, rtol=1e-5, atol=1e-7)
     pred = clf.predict(xt)
     assert pred.dtype == np.int64 and (pred == proba.argmax(1)).all()
     assert clf.score(xt, yt) == pytest.approx((pred == yt).mean())
@@ -188,7 +191,7 @@ def test_save_and_load_round_trip(fitted, data, tmp_path):
     assert back.train_seconds_ == pytest.approx(fitted.train_seconds_, abs=1e-3)
     assert DigitClassifier.load(run / "model.pt").predict(xt[:3]).tolist() == fitted.predict(xt[:3]).tolist()
     # the saved folder is a run like any other: listed and evaluated by the CLI's code
-    from digitnet.evaluation.evaluate import list_runs
+    from digitnet.evaluation.runs import list_runs
 
     assert [r["name"] for r in list_runs(tmp_path / "runs")] == ["api-mlp"]
 

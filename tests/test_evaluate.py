@@ -12,15 +12,12 @@ from sklearn import metrics as skm
 
 from digitnet.errors import InputError
 from digitnet.evaluation.evaluate import (
-    SEED_MLP_REFERENCE,
     calibration,
     evaluate_probs,
     evaluate_run,
-    list_runs,
-    seed_mlp_baseline,
-    sort_runs,
     worst_errors,
 )
+from digitnet.evaluation.runs import SEED_MLP_REFERENCE, list_runs, seed_mlp_baseline, sort_runs
 
 
 def fake_predictions(n: int = 600, seed: int = 0, accuracy: float = 0.8) -> tuple[np.ndarray, np.ndarray]:

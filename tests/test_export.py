@@ -114,6 +114,7 @@ def test_onnx_parity_on_real_digits(mnist, tmp_path):
     assert len(np.unique(a.argmax(1))) > 1  # a real spread of outputs, not a constant
 
 
+@pytest.mark.slow  # a fresh process that imports torch and runs the exporter: 8 s
 def test_export_cli(exported, tmp_path):
     run, _ = exported
     out = tmp_path / "sub" / "cli.onnx"

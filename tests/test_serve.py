@@ -159,9 +159,13 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(ckpt):
+    import torch
+
     from digitnet.inference.predictor import Predictor
 
-    return Predictor.load(ckpt, threads=1)
+    threads = torch.get_num_threads()
+    yield Predictor.load(ckpt, threads=1)  # as the server loads it: one torch thread, process-wide
+    torch.set_num_threads(threads)  # this module changed it on purpose; later modules get it back
 
 
 @pytest.fixture(scope="module")

@@ -261,6 +261,24 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     )
 
 
+def test_threads_are_for_the_run_only_even_when_it_fails(toy):
+    """`threads` holds while fit runs and is restored however it ends, an exception included."""
+    before = torch.get_num_threads()
+    pinned = 2 if before == 1 else 1
+    seen = []
+
+    def boom(row):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop after the first epoch")
+
+    with pytest.raises(RuntimeError, match="stop after"):
+        fit(tiny(threads=pinned), toy.x_train[:256], toy.y_train[:256], on_epoch=boom)
+    assert seen == [pinned] and torch.get_num_threads() == before
+    fit(tiny(threads=pinned, epochs=1), toy.x_train[:256], toy.y_train[:256])
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path):
     """kill -9 mid-run loses at most the current epoch, and resuming reproduces the same weights."""
     args = [

@@ -108,16 +108,15 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
     except Exception as exc:  # corrupt zip, pickle with code, truncated file …
         raise ModelError(f"{path}: not a readable digitnet checkpoint ({first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ModelError(
-            f"{path}: not a digitnet checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})"
-        )
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ModelError(f"{path}: not a digitnet checkpoint (format {found!r})")
     return ckpt, path
 
 
 def load_checkpoint(spec: str | Path) -> LoadedModel:
     """Load a run folder, a `model.pt` file, or 'default' into an eval-mode float32 CPU model."""
     ckpt, path = read_checkpoint(spec)
-    name = ckpt.get("model")
+    name = str(ckpt.get("model"))
     try:
         get_spec(name)
         kwargs = saved_network_kwargs(name, dict(ckpt.get("model_kwargs", {})))

@@ -25,6 +25,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 class Normalize(nn.Module):
     def __init__(self, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
         super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
 
@@ -158,14 +160,14 @@ def single_view(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, `model` and every submodule with `tta` (an ensemble's members too)
     predict from the input alone: the cheap per-epoch validation during training, a distillation
     teacher. Other models pass through unchanged."""
-    saved = [(m, m.tta) for m in model.modules() if getattr(m, "tta", 0)]
+    saved = [(m, int(getattr(m, "tta", 0))) for m in model.modules() if getattr(m, "tta", 0)]
     for m, _ in saved:
-        m.tta = 0
+        setattr(m, "tta", 0)  # noqa: B010 - `tta` is CNN's attribute, not Module's
     try:
         yield model
     finally:
         for m, tta in saved:
-            m.tta = tta
+            setattr(m, "tta", tta)  # noqa: B010
 
 
 class Ensemble(nn.Module):
@@ -184,6 +186,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(
             build_model(m["model"], **saved_network_kwargs(m["model"], m.get("kwargs", {}))) for m in members
         )
+        self.temperatures: torch.Tensor
         self.register_buffer(
             "temperatures", torch.tensor([float(m.get("temperature", 1.0)) for m in members])
         )

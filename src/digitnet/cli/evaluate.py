@@ -30,10 +30,11 @@ def evaluate_cmd(
     no_verify: NoVerify = False,
 ) -> None:
     """Score a run on the test set; write report.json, figures and report.html into the run folder."""
-    from digitnet.checkpoint import resolve_model_path
-    from digitnet.evaluation import evaluate_run, write_report
-
     check_dataset(dataset)
+    from digitnet.checkpoint import resolve_model_path
+    from digitnet.evaluation.evaluate import evaluate_run
+    from digitnet.evaluation.report import write_report
+
     resolve_model_path(run)  # a wrong path fails before the data is loaded
     console = Console(highlight=False)
     data = load_data(dataset, data_dir, offline, no_verify)
@@ -88,7 +89,7 @@ def runs_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """A table of every run under ROOT (folders with metrics.json or manifest.json)."""
-    from digitnet.evaluation import list_runs, sort_runs
+    from digitnet.evaluation.runs import list_runs, sort_runs
 
     rows = sort_runs(list_runs(root), sort)
     if as_json:

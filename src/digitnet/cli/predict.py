@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -43,9 +45,7 @@ def expand_paths(args: list[str]) -> tuple[list[Path], list[str]]:
             if not matches:
                 errors.append(f"{arg}: no files match")
             files.extend(matches)
-    seen: set[Path] = set()
-    unique = [f for f in files if not (f in seen or seen.add(f))]
-    return unique, errors
+    return list(dict.fromkeys(files)), errors  # duplicates dropped, first place kept
 
 
 def _top_k(probabilities: list[float], k: int) -> str:
@@ -70,11 +70,11 @@ def predict_cmd(
     ] = None,
 ) -> None:
     """Read the digit in each image."""
+    if not 1 <= top_k <= 10:
+        raise ConfigError("--top-k must be between 1 and 10")
     from digitnet.inference.predictor import Predictor
     from digitnet.inference.preprocess import decode_image
 
-    if not 1 <= top_k <= 10:
-        raise ConfigError("--top-k must be between 1 and 10")
     files, errors = expand_paths(paths)
     for message in errors:
         err_console.print(f"error: {message}", markup=False)
@@ -82,7 +82,8 @@ def predict_cmd(
     failed = len(errors)
     rows: list[dict] = []
     for start in range(0, len(files), BATCH):
-        images, names = [], []
+        images: list[Image.Image | np.ndarray] = []
+        names: list[str] = []
         for f in files[start : start + BATCH]:
             try:
                 images.append(decode_image(f))
@@ -90,10 +91,8 @@ def predict_cmd(
             except InputError as exc:
                 err_console.print(f"error: {exc}", markup=False)
                 failed += 1
-        for name, pred in zip(
-            names, predictor.predict_images(images, preprocess=not no_preprocess), strict=True
-        ):
-            rows.append({"file": name, **pred.to_dict()})
+        preds = predictor.predict_images(images, preprocess=not no_preprocess) if predictor else []
+        rows.extend({"file": name, **pred.to_dict()} for name, pred in zip(names, preds, strict=True))
     if json_out:
         typer.echo(json.dumps([_json_row(r) for r in rows]))
     elif rows:
@@ -151,10 +150,10 @@ def export_cmd(
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
 ) -> None:
     """Export a trained model (ONNX, with calibration in its metadata)."""
-    from digitnet.inference.export import export_onnx
-
     if fmt.lower() != "onnx":
         raise ConfigError(f"unknown export format {fmt!r}; supported: onnx")
+    from digitnet.inference.export import export_onnx
+
     path = export_onnx(run, out, opset=opset)
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)", markup=False)
 

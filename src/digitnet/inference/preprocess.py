@@ -73,14 +73,14 @@ def decode_image(
         # Pillow's own bomb check warns between 1× and 2× its limit; make that a refusal too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=list(formats))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=list(formats))
         except UnidentifiedImageError:
             raise _fail(f"{label}: not a recognised image (accepted formats: {names})") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
-            size = f"{int(found.group(1)):,} pixels" if found else "its size"
+            pixels = f"{int(found.group(1)):,} pixels" if found else "its size"
             raise _fail(
-                f"{label}: {size} is over the {max_pixels:,}-pixel limit (decompression-bomb guard)"
+                f"{label}: {pixels} is over the {max_pixels:,}-pixel limit (decompression-bomb guard)"
             ) from None
         except Exception as exc:  # a header Pillow recognised but could not parse
             raise _fail(f"{label}: corrupt {names} header ({first_line(exc, 160)})") from None

@@ -10,7 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
+
+from digitnet.inference.predictor import Prediction
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -50,7 +53,7 @@ class Metrics:
             row[-2] += seconds
             row[-1] += 1
 
-    def observe_predictions(self, predictions: list[Any]) -> None:
+    def observe_predictions(self, predictions: Sequence[Prediction]) -> None:
         with self._lock:
             for p in predictions:
                 self.predictions["none" if p.digit is None else str(p.digit)] += 1
@@ -78,8 +81,8 @@ class Metrics:
             ]
             for route, row in sorted(self.latency.items()):
                 name = "digitnet_http_request_duration_seconds"
-                for bound, n in zip(BUCKETS, row, strict=False):
-                    lines.append(f'{name}_bucket{{route="{route}",le="{bound:g}"}} {int(n)}')
+                for bound, count in zip(BUCKETS, row, strict=False):
+                    lines.append(f'{name}_bucket{{route="{route}",le="{bound:g}"}} {int(count)}')
                 lines.append(f'{name}_bucket{{route="{route}",le="+Inf"}} {int(row[-1])}')
                 lines.append(f'{name}_sum{{route="{route}"}} {row[-2]:.6f}')
                 lines.append(f'{name}_count{{route="{route}"}} {int(row[-1])}')
@@ -90,13 +93,15 @@ class Metrics:
             for digit in [*map(str, range(10)), "none"]:
                 lines.append(f'digitnet_predictions_total{{digit="{digit}"}} {self.predictions[digit]}')
             lines += [
-                "# HELP digitnet_unsure_predictions_total Predictions below the calibrated confidence threshold.",
+                "# HELP digitnet_unsure_predictions_total Predictions below the calibrated confidence "
+                "threshold.",
                 "# TYPE digitnet_unsure_predictions_total counter",
                 f"digitnet_unsure_predictions_total {self.unsure}",
                 "# HELP digitnet_empty_images_total Images with no ink.",
                 "# TYPE digitnet_empty_images_total counter",
                 f"digitnet_empty_images_total {self.empty}",
-                "# HELP digitnet_overload_rejections_total Requests refused with 503 because of the concurrency cap.",
+                "# HELP digitnet_overload_rejections_total Requests refused with 503 because of the "
+                "concurrency cap.",
                 "# TYPE digitnet_overload_rejections_total counter",
                 f"digitnet_overload_rejections_total {self.rejected}",
             ]

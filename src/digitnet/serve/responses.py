@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -77,7 +78,7 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def validation_message(errors: list[dict[str, Any]], limit: int = 3) -> str:
+def validation_message(errors: Sequence[Mapping[str, Any]], limit: int = 3) -> str:
     """Pydantic errors → one line: 'pixels.3: Input should be a finite number; …'."""
     parts = []
     for err in errors[:limit]:

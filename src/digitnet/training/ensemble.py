@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from digitnet.inference.batching import batched_logits
 from digitnet.models import Ensemble, count_parameters
 
 
-def build_ensemble(runs: list[str | Path], out: str | Path, data: TestSplit) -> dict[str, Any]:
+def build_ensemble(runs: Sequence[str | Path], out: str | Path, data: TestSplit) -> dict[str, Any]:
     """Load each run, wrap them in `models.Ensemble`, score on the test set, write `out`."""
     if len(runs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
@@ -46,7 +47,8 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: TestSplit) -> 
     member_logits = [batched_logits(sub, data.x_test) for sub in model.members]  # each member once: (N, 10)
     member_acc = [float((lg.argmax(1).numpy() == y).mean()) for lg in member_logits]
     pred = model.combine(member_logits).argmax(1).numpy()
-    metrics = {
+    threshold = float(np.mean([m.unsure_threshold for m in loaded]))
+    metrics: dict[str, Any] = {
         "model": "ensemble",
         "members": [str(r) for r in runs],
         "member_test_accuracy": member_acc,
@@ -58,7 +60,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: TestSplit) -> 
         "seed": None,
         "parameters": count_parameters(model),
         "temperature": 1.0,
-        "unsure_threshold": float(np.mean([m.unsure_threshold for m in loaded])),
+        "unsure_threshold": threshold,
         "dataset": data.name,
         "finished": runfolder.now_iso(),
     }
@@ -70,7 +72,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, data: TestSplit) -> 
         model_kwargs={"members": members},
         config=config,
         temperature=1.0,
-        unsure_threshold=metrics["unsure_threshold"],
+        unsure_threshold=threshold,
         metrics=metrics,
         history=[],
         data=data.summary(),

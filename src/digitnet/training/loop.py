@@ -228,7 +228,7 @@ def _fit(
     torch.manual_seed(cfg.seed)
     run = _start(cfg, x_train, y_train, resume)
     has_val = x_val is not None and y_val is not None and len(x_val) > 0
-    xva = _uint8(x_val) if has_val else None
+    xva = _uint8(x_val) if x_val is not None and has_val else None
     yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long) if has_val else None
     history = list(resume.history) if resume else []
     best = _Best(resume.best_acc, resume.best_epoch, resume.best_state) if resume else _Best()
@@ -285,7 +285,8 @@ def _start(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, resume: R
         raise ConfigError(f"{len(x)} images but {len(y)} labels")
     if world > 1 and cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
-    model = build_model(cfg.model, **cfg.model_kwargs).to(device).to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, **cfg.model_kwargs).to(device)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     opt = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema) if cfg.ema else None
     teacher = Teacher(cfg.teacher, device, cfg.distill) if cfg.teacher else None

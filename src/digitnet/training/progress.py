@@ -48,7 +48,8 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
     if "val_accuracy" in row:
         val = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}"
     return (
-        f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
+        f"epoch {int(row['epoch'])}/{epochs}  "
+        f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
         f"{val}  {row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s"
     )
 

