@@ -78,7 +78,7 @@ def test_runs_errors_are_one_line(tmp_path):
     assert result.exit_code == 0 and "no runs under" in result.output
 
 
-@pytest.mark.slow  # a whole evaluation and report in a fresh process (4 s); test_report.py covers it in-process
+@pytest.mark.slow  # a whole evaluation and report in a fresh process (4 s); test_report.py: in-process
 def test_evaluate_on_sample_writes_report(runs):
     result = cli("evaluate", str(runs / "cnn"), "--dataset", "sample", "--offline")
     assert result.returncode == 0, result.stderr
