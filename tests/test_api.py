@@ -129,6 +129,22 @@ def test_bad_parameters_raise_value_error():
         DigitClassifier("seed-mlp", colour="blue").fit(x, y)
 
 
+def test_set_params_refuses_unknown_names_at_once():
+    clf = DigitClassifier("seed-mlp", epochs=1)
+    with pytest.raises(ValueError, match="invalid parameter.*'colour'"):
+        clf.set_params(epochs=3, colour="blue")
+    assert clf.epochs == 1 and "colour" not in clf.get_params()  # nothing changed
+    assert clf.set_params(label_smoothing=0.0, bf16=False).config().precision == "fp32"
+
+
+def test_defaults_are_trainconfigs():
+    """DigitClassifier holds out TrainConfig's validation split (a fifth at most of small data)."""
+    from digitnet.training.config import TrainConfig
+
+    assert DigitClassifier().config() == TrainConfig.for_model("cnn")
+    assert DigitClassifier().config().val_size == TrainConfig().val_size == 5000
+
+
 def test_predict_before_fit_is_not_fitted_error():
     clf = DigitClassifier()
     for method in (clf.predict, clf.predict_proba):
@@ -175,7 +191,9 @@ def test_scikit_learn_protocol(fitted, data):
 def test_save_and_load_round_trip(fitted, data, tmp_path):
     _, (xt, _) = data
     run = fitted.save(tmp_path / "runs" / "api-mlp")
-    assert {"model.pt", "metrics.json", "history.csv"} <= {p.name for p in run.iterdir()}
+    assert {"model.pt", "metrics.json", "history.csv", "manifest.json"} <= {p.name for p in run.iterdir()}
+    manifest = json.loads((run / "manifest.json").read_text())  # the same writer as `digitnet train`
+    assert manifest["config"] == fitted.config_ and manifest["versions"]["torch"] == torch.__version__
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model"] == "mlp" and metrics["epochs"] == 2 and metrics["source"] == "DigitClassifier"
     back = DigitClassifier.load(run)

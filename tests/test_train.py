@@ -92,6 +92,46 @@ def test_unknown_model_and_option_are_clear_errors():
         TrainConfig.for_model("cnn", learning_rate=1)
 
 
+def test_trainconfig_defaults_are_the_one_source():
+    """The defaults are cnn's recipe; every registry recipe names only fields it changes."""
+    from dataclasses import fields
+
+    from digitnet.models import MODELS
+    from digitnet.training.config import parse_setting
+
+    assert TrainConfig() == TrainConfig.for_model("cnn")
+    defaults = TrainConfig()
+    for name, spec in MODELS.items():
+        known = {f.name for f in fields(TrainConfig)}
+        assert set(spec.recipe) <= known, name
+        assert all(getattr(defaults, k) != v for k, v in spec.recipe.items()), f"{name} repeats a default"
+    assert TrainConfig.for_model("best").precision == "fp32" and TrainConfig.for_model("mlp").precision == "auto"
+    # the legacy spelling of precision (checkpoints before it, DigitClassifier(bf16=False)) is translated
+    assert TrainConfig.for_model("cnn", bf16=False).precision == "fp32"
+    legacy = {k: v for k, v in defaults.to_dict().items() if k != "precision"} | {"bf16": True}
+    assert TrainConfig.from_dict(legacy).precision == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig.for_model("cnn", precision="fp16")
+    # every field can be set as text (the CLI's --set)
+    assert parse_setting("warmup=0.3") == ("warmup", 0.3) and parse_setting("epochs=2") == ("epochs", 2)
+    assert parse_setting("model_kwargs={\"stem\": 8}") == ("model_kwargs", {"stem": 8})
+    assert parse_setting("label-smoothing=0") == ("label_smoothing", 0.0)
+    for bad, message in (("colour=red", "unknown training option"), ("epochs=two", "epochs"),
+                         ("model_kwargs=[1]", "model_kwargs"), ("novalue", "KEY=VALUE")):
+        with pytest.raises(ConfigError, match=message):
+            parse_setting(bad)
+
+
+def test_cli_set_reaches_the_config(tmp_path):
+    """`--set` sets any field; a field given twice (flag and --set) is refused."""
+    p = _cli("train", "--model", "cnn", "--set", "optimizer=rmsprop", "--dataset", "sample", "--offline")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "optimizer must be one of" in err and "Traceback" not in err
+    p = _cli("train", "--epochs", "1", "--set", "epochs=2", "--dataset", "sample", "--offline")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--set epochs repeats an option" in err
+
+
 @pytest.mark.parametrize("name", ["seed-mlp", "mlp", "cnn", "best", "compact"])
 def test_every_registry_recipe_trains_and_folds(name, toy):
     """Each recipe as registered (network, precision, optimizer) takes real steps, and the folded
