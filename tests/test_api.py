@@ -131,7 +131,7 @@ def test_bad_parameters_raise_value_error():
 
 def test_set_params_refuses_unknown_names_at_once():
     clf = DigitClassifier("seed-mlp", epochs=1)
-    with pytest.raises(ValueError, match="invalid parameter.*'colour'"):
+    with pytest.raises(ValueError, match=r"invalid parameter.*'colour'"):
         clf.set_params(epochs=3, colour="blue")
     assert clf.epochs == 1 and "colour" not in clf.get_params()  # nothing changed
     assert clf.set_params(label_smoothing=0.0, bf16=False).config().precision == "fp32"

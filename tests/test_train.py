@@ -105,7 +105,8 @@ def test_trainconfig_defaults_are_the_one_source():
         known = {f.name for f in fields(TrainConfig)}
         assert set(spec.recipe) <= known, name
         assert all(getattr(defaults, k) != v for k, v in spec.recipe.items()), f"{name} repeats a default"
-    assert TrainConfig.for_model("best").precision == "fp32" and TrainConfig.for_model("mlp").precision == "auto"
+    assert TrainConfig.for_model("best").precision == "fp32"
+    assert TrainConfig.for_model("mlp").precision == "auto"
     # the legacy spelling of precision (checkpoints before it, DigitClassifier(bf16=False)) is translated
     assert TrainConfig.for_model("cnn", bf16=False).precision == "fp32"
     legacy = {k: v for k, v in defaults.to_dict().items() if k != "precision"} | {"bf16": True}
