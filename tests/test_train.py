@@ -115,10 +115,14 @@ def test_trainconfig_defaults_are_the_one_source():
         TrainConfig.for_model("cnn", precision="fp16")
     # every field can be set as text (the CLI's --set)
     assert parse_setting("warmup=0.3") == ("warmup", 0.3) and parse_setting("epochs=2") == ("epochs", 2)
-    assert parse_setting("model_kwargs={\"stem\": 8}") == ("model_kwargs", {"stem": 8})
+    assert parse_setting('model_kwargs={"stem": 8}') == ("model_kwargs", {"stem": 8})
     assert parse_setting("label-smoothing=0") == ("label_smoothing", 0.0)
-    for bad, message in (("colour=red", "unknown training option"), ("epochs=two", "epochs"),
-                         ("model_kwargs=[1]", "model_kwargs"), ("novalue", "KEY=VALUE")):
+    for bad, message in (
+        ("colour=red", "unknown training option"),
+        ("epochs=two", "epochs"),
+        ("model_kwargs=[1]", "model_kwargs"),
+        ("novalue", "KEY=VALUE"),
+    ):
         with pytest.raises(ConfigError, match=message):
             parse_setting(bad)
 
