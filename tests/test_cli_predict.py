@@ -72,7 +72,14 @@ def images(tmp_path_factory):
     return d
 
 
-SCHEMA = {"file": str, "digit": int, "confidence": float, "probabilities": list, "unsure": bool}
+SCHEMA = {
+    "file": str,
+    "digit": int,
+    "confidence": float,
+    "probabilities": list,
+    "unsure": bool,
+    "status": str,
+}
 
 
 def test_predict_json_schema_folder(run, images):
@@ -84,10 +91,11 @@ def test_predict_json_schema_folder(run, images):
         assert set(r) == set(SCHEMA) and all(isinstance(r[k], t) for k, t in SCHEMA.items())
         assert 0 <= r["digit"] <= 9 and len(r["probabilities"]) == 10
         assert abs(sum(r["probabilities"]) - 1) < 1e-4 and r["confidence"] == max(r["probabilities"])
-        assert r["unsure"] == (r["confidence"] < 0.99)
+        assert r["unsure"] == (r["confidence"] < 0.99) == (r["status"] == "unsure")
     assert rows[0]["digit"] == rows[1]["digit"]  # same drawing at another size, as JPEG
     blank = rows[2]
     assert blank["digit"] is None and blank["unsure"] is True and blank["empty"] is True
+    assert blank["status"] == "empty"
 
 
 def test_unreadable_files_reported_others_predicted(run, images, tmp_path):

@@ -197,7 +197,7 @@ def test_evaluate_run_uses_calibrated_probabilities(tmp_path):
 
     run = make_run(tmp_path / "runs" / "a", test_accuracy=0.5)
     data = synthetic_data()
-    r = evaluate_run(run, data)
+    r = evaluate_run(run, data, per_kind=4)
     loaded = load_checkpoint(run)
     probs = torch.softmax(batched_logits(loaded.model, data.x_test).double() / 1.5, 1).numpy()
     assert r["accuracy"] == pytest.approx((probs.argmax(1) == data.y_test).mean())
@@ -207,9 +207,10 @@ def test_evaluate_run_uses_calibrated_probabilities(tmp_path):
     assert r["data"] == {"name": "synthetic", "source": "test", "is_sample": True, "n_test": 200}
     assert r["unsure"]["flagged"] == int((probs.max(1) < 0.3).sum())
     assert len(r["worst_errors"]) == min(24, r["error_count"])
-    nd = r["non_digits"]  # the probe set of blank pages and scribbles, run through the same predictor
-    assert nd["blank"] == {"n": 10, "empty": 10, "unsure": 10} and nd["marks"]["n"] == 30
-    assert 0 <= nd["marks"]["unsure"] <= 30
+    rj = r["rejection"]  # non-digits of every kind, run through the same predictor
+    assert rj["blank_pages"] == {"n": 10, "empty": 10} and rj["non_digits"]["n"] == 4 * 11
+    assert set(rj["held_out_kinds"]) < set(rj["non_digits"]["by_kind"]) and 0 <= rj["auroc"] <= 1
+    assert rj["mnist_test"]["n"] == 200 and rj["real_photos"]["n"] == 200
     json.dumps(r)  # JSON-able all the way down
 
 

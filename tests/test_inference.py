@@ -169,9 +169,10 @@ def test_predict_arrays_and_to_dict(predictor):
         assert pred.image.shape == (28, 28) and pred.image.dtype == np.float32
         d = json.loads(json.dumps(pred.to_dict()))
         assert (
-            set(d) == {"digit", "confidence", "probabilities", "unsure", "empty"}
+            set(d) == {"digit", "confidence", "probabilities", "unsure", "empty", "status"}
             and len(d["probabilities"]) == 10
         )
+        assert d["status"] == ("unsure" if pred.unsure else "digit")  # a model never shown non-digits
 
 
 def seven(size=150):

@@ -64,7 +64,7 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     run = make_run(root / "demo", model="seed-mlp", test_accuracy=0.1)
     data = synthetic_data(120)
-    return run, data, evaluate_run(run, data)
+    return run, data, evaluate_run(run, data, per_kind=4)
 
 
 def test_write_report_writes_valid_files(evaluated):

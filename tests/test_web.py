@@ -178,3 +178,51 @@ def test_phone_viewport(server, browser, tmp_path):
     page.screenshot(path=str(tmp_path / "web-phone.png"), full_page=True)
     _keep(tmp_path / "web-phone.png")
     ctx.close()
+
+
+def wait_reading(page) -> str:
+    page.wait_for_function(
+        "() => { const r = document.querySelector('#reading');"
+        " return ['ready', 'unsure'].includes(r.dataset.state) && r.getAttribute('aria-busy') === 'false'; }",
+        timeout=15000,
+    )
+    return page.locator("#number").inner_text().strip()
+
+
+def test_a_drawn_number_reads_as_a_number(server, browser, tmp_path):
+    """Number mode: a wide pad; "42" drawn in five strokes reads "42", with a box and a 28×28 view
+    per digit; back in digit mode the single-digit page is as before."""
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.click("#mode-number")
+    box = page.locator("#pad").bounding_box()
+    assert box["width"] > 2.5 * box["height"]  # wide enough for a number
+    assert page.locator("#result").is_hidden() and page.locator("#reading").is_visible()
+
+    def line(x0, y0, x1, y1, n=12):  # fractions of the pad; a digit is ~0.12 of its width
+        return [(x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n) for i in range(n + 1)]
+
+    stroke(page, line(0.36, 0.18, 0.30, 0.62))  # 4: the down-left stroke,
+    stroke(page, line(0.30, 0.62, 0.42, 0.62))  # the bar,
+    stroke(page, line(0.39, 0.22, 0.39, 0.84))  # the upright
+    stroke(
+        page,
+        [(0.52 + 0.06 * math.sin(t), 0.36 - 0.16 * math.cos(t)) for t in np.linspace(-1.3, 1.9, 16)]
+        + line(0.575, 0.45, 0.50, 0.82, 8)[1:],
+    )  # 2: the hook and the diagonal,
+    stroke(page, line(0.50, 0.82, 0.62, 0.82))  # the base
+    assert wait_reading(page) == "42"
+    cards = page.locator("#reading-digits .digit-card")
+    assert cards.count() == 2 and [cards.nth(i).locator("b").inner_text() for i in range(2)] == ["4", "2"]
+    assert ink_sum(page, "#reading-digits .digit-card canvas") > 0  # what the model saw for a digit
+    assert ink_sum(page, "#boxes") > 0  # the boxes drawn over the pad
+    page.screenshot(path=str(tmp_path / "web-number.png"), full_page=True)
+    _keep(tmp_path / "web-number.png")
+    page.click("#clear")
+    assert page.locator("#number").inner_text().strip() == "–" and ink_sum(page, "#boxes") == 0
+    page.click("#mode-digit")
+    assert page.locator("#reading").is_hidden() and page.locator("#result").is_visible()
+    assert not errors, errors
+    page.close()

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["DigitClassifier", "__version__", "load_mnist"]
+__all__ = ["DigitClassifier", "__version__", "load_mnist", "read_number"]
 
-_LAZY = {"DigitClassifier": "digitnet.api", "load_mnist": "digitnet.data"}
+_LAZY = {"DigitClassifier": "digitnet.api", "load_mnist": "digitnet.data", "read_number": "digitnet.api"}
 
 if TYPE_CHECKING:
-    from digitnet.api import DigitClassifier
+    from digitnet.api import DigitClassifier, read_number
     from digitnet.data import load_mnist
 
 

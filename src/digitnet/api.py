@@ -14,6 +14,7 @@ Bad input raises `ValueError` (what scikit-learn tooling expects; digitnet's `In
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -26,6 +27,8 @@ import digitnet.training.runfolder as runfolder
 from digitnet.checkpoint import load_checkpoint
 from digitnet.inference.batching import as_batch
 from digitnet.inference.predictor import Predictor
+from digitnet.inference.preprocess import decode_image
+from digitnet.inference.reader import NumberReading, Reader
 from digitnet.models import count_parameters, network_kwargs
 from digitnet.training.config import TrainConfig, field_names
 from digitnet.training.loop import fit, split_sizes, stratified_split
@@ -38,6 +41,23 @@ _PARAMS = ("model", "epochs", "batch_size", "lr", "seed", "val_size", "verbose")
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when predicting with a classifier that has not been fitted (as scikit-learn's is)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _reader(model: str) -> Reader:
+    return Reader.load(model)
+
+
+def read_number(image: Any, *, model: str | Path = "default") -> NumberReading:
+    """Read the whole handwritten number in `image`: a file path, the file's bytes, a PIL image,
+    or an (H, W) / (H, W, 3|4) array. Returns a `NumberReading`: `.number` ("4127"), `.confidence`
+    (probability the whole string is right), `.unsure`, `.digits` (digit, confidence, box in the
+    image's pixels, and the 28×28 image of each) and `.marks` (glyphs that are not digits).
+
+    `model`: the bundled reader ("default") or a `reader` run folder; loaded once per process."""
+    if isinstance(image, str | Path | bytes | bytearray | memoryview):
+        image = decode_image(bytes(image) if isinstance(image, bytearray | memoryview) else image)
+    return _reader(str(model)).read(image)
 
 
 def _images(X: Any) -> torch.Tensor:
@@ -74,7 +94,8 @@ class DigitClassifier:
     (augment=…, label_smoothing=…, threads=…) may be passed as a keyword.
 
     After `fit` (or `load`): model_ (torch module, eval mode), classes_, history_ (one dict per
-    epoch), temperature_, unsure_threshold_, config_ (the TrainConfig as a dict), network_kwargs_
+    epoch), temperature_, unsure_threshold_, not_digit_threshold_ (0 unless trained with
+    outlier_exposure), config_ (the TrainConfig as a dict), network_kwargs_
     (the network's full constructor arguments, saved with it), train_seconds_, best_epoch_,
     val_accuracy_, n_features_in_.
     """
@@ -160,7 +181,9 @@ class DigitClassifier:
             progress=reporter.bar if reporter else None,
             on_epoch=(lambda row: reporter.epoch(row, cfg.epochs)) if reporter else None,
         )
-        self.temperature_, self.unsure_threshold_ = calibrate(result.model, x[va], y[va])
+        calibration = calibrate(result.model, x[va], y[va], rejects=cfg.outlier_exposure > 0)
+        self.temperature_, self.unsure_threshold_ = calibration.temperature, calibration.unsure_threshold
+        self.not_digit_threshold_ = calibration.not_digit_threshold
         self.model_ = result.model
         self.history_ = list(result.history)
         self.train_seconds_ = float(result.train_seconds)
@@ -205,7 +228,13 @@ class DigitClassifier:
             version="in-memory",
             temperature=self.temperature_,
             unsure_threshold=self.unsure_threshold_,
+            not_digit_threshold=self.not_digit_threshold_,
         )
+
+    def predict_status(self, X: Any) -> np.ndarray:
+        """What each image is (N,) str: "digit", "unsure", or "not_a_digit" (for a model trained
+        with outlier exposure); images are taken as they are (no `empty`: see `Predictor`)."""
+        return np.array([p.status for p in self.predictor().predict_arrays(_images(X)[:, 0].numpy())])
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities (N, 10) float32 = softmax(logits / temperature_)."""
@@ -228,6 +257,16 @@ class DigitClassifier:
             raise ValueError(f"sample_weight must be shaped {correct.shape}, got {w.shape}")
         return float((correct * w).sum() / w.sum())
 
+    def read_number(self, image: Any) -> NumberReading:
+        """Read a whole number (see `digitnet.read_number`): with this classifier's own network
+        when it is a `reader`, else with the bundled reader."""
+        if getattr(self, "config_", {}).get("model") == "reader":
+            reader = Reader.from_module(
+                self.model_, temperature=self.temperature_, unsure_threshold=self.unsure_threshold_
+            )
+            return reader.read(decode_image(image) if isinstance(image, str | Path | bytes) else image)
+        return read_number(image)
+
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write a run folder (model.pt, metrics.json, history.csv, manifest.json) that the CLI can
@@ -247,6 +286,7 @@ class DigitClassifier:
             "parameters": count_parameters(self.model_),
             "temperature": self.temperature_,
             "unsure_threshold": self.unsure_threshold_,
+            "not_digit_threshold": self.not_digit_threshold_,
             "finished": finished,
             "source": "DigitClassifier",
         }
@@ -259,6 +299,7 @@ class DigitClassifier:
             config=self.config_,
             temperature=self.temperature_,
             unsure_threshold=self.unsure_threshold_,
+            not_digit_threshold=self.not_digit_threshold_,
             metrics=metrics,
             history=self.history_,
             data=data,
@@ -291,6 +332,7 @@ class DigitClassifier:
                 metrics = json.loads((run / "metrics.json").read_text())
         clf.model_ = loaded.model
         clf.temperature_, clf.unsure_threshold_ = loaded.temperature, loaded.unsure_threshold
+        clf.not_digit_threshold_ = loaded.not_digit_threshold
         clf.history_ = runfolder.read_history(run / "history.csv") if run is not None else []
         clf.train_seconds_ = float(metrics.get("train_seconds") or 0.0)
         clf.best_epoch_ = int(metrics.get("best_epoch") or len(clf.history_))

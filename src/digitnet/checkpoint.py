@@ -35,6 +35,7 @@ class LoadedModel:
     config: dict[str, Any]  # the TrainConfig the run used, as a dict
     temperature: float = 1.0  # calibration: probabilities = softmax(logits / temperature)
     unsure_threshold: float = 0.0  # calibrated confidence below this is flagged "unsure"
+    not_digit_threshold: float = 0.0  # ... and below this "not_a_digit" (models trained with outliers)
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -56,6 +57,7 @@ def checkpoint_bytes(
     config: dict | None = None,
     temperature: float = 1.0,
     unsure_threshold: float = 0.0,
+    not_digit_threshold: float = 0.0,
     meta: dict | None = None,
     extra: dict | None = None,
 ) -> bytes:
@@ -67,6 +69,7 @@ def checkpoint_bytes(
         "config": _plain(config or {}),
         "temperature": float(temperature),
         "unsure_threshold": float(unsure_threshold),
+        "not_digit_threshold": float(not_digit_threshold),
         "meta": _plain(meta or {}),
         **(extra or {}),
     }
@@ -132,6 +135,7 @@ def load_checkpoint(spec: str | Path) -> LoadedModel:
         config=dict(ckpt.get("config", {})),
         temperature=float(ckpt.get("temperature", 1.0)),
         unsure_threshold=float(ckpt.get("unsure_threshold", 0.0)),
+        not_digit_threshold=float(ckpt.get("not_digit_threshold", 0.0)),
         meta=dict(ckpt.get("meta", {})),
         path=path,
     )

@@ -170,6 +170,64 @@ def single_view(model: nn.Module) -> Iterator[nn.Module]:
             setattr(m, "tta", tta)  # noqa: B010
 
 
+READER_CLASSES = 12  # CTC blank (0), digits 0-9 (1-10), a mark that is not a digit (11)
+READER_STRIDE = 4  # strip columns per output frame
+
+
+class NumberReader(nn.Module):
+    """A handwritten number, end to end: a text-line strip (B, 1, 32, W) in [0, 1], light on dark
+    (`inference.reader.normalize_line`), → per-frame logits (B, 12, W/4) for CTC.
+
+    Convolutions only: two pooled blocks take the strip to 8 × W/4, a third pools height to 4, a
+    (4, 1) convolution collapses it, and dilated 1-D convolutions along the line give each frame
+    about a digit of context on each side (receptive field ~75 px at a 28 px text height, where
+    a digit is ~20 px wide).
+    """
+
+    input_size = (1, 32, 160)  # (C, H, W) of a typical input: what the precision probe times
+
+    def __init__(
+        self, channels: list | tuple = (32, 48, 96), hidden: int = 128, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+
+        def block(c_in: int, c_out: int, pool: tuple[int, int]) -> list[nn.Module]:
+            return [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(pool),
+            ]
+
+        self.features = nn.Sequential(
+            Normalize(),
+            *block(1, c1, (2, 2)),
+            *block(c1, c2, (2, 2)),
+            *block(c2, c3, (2, 1)),  # (B, c3, 4, W/4)
+            nn.Conv2d(c3, hidden, (4, 1), bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),  # (B, h, 1, W/4)
+        )
+        self.context = nn.Sequential(
+            nn.Conv1d(hidden, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(hidden, hidden, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(hidden, hidden, 3, padding=4, dilation=4, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
+        self.head = nn.Conv1d(hidden, READER_CLASSES, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x).squeeze(2)  # (B, hidden, W/4)
+        return self.head(self.context(f))  # (B, 12, W/4)
+
+
 class Ensemble(nn.Module):
     """Average of member models' calibrated probabilities; returns log-probabilities as logits.
 
@@ -211,6 +269,7 @@ class ModelSpec:
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides on TrainConfig's defaults
+    task: str = "digits"  # what it learns: "digits" (one 28×28 digit) or "numbers" (a text line, CTC)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -265,6 +324,26 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "ensemble": ModelSpec(
         "ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)"
+    ),
+    "reader": ModelSpec(
+        "reader",
+        NumberReader,
+        "whole handwritten numbers: conv CTC over a text line, trained on composed MNIST",
+        # An epoch is `epoch_size` freshly composed numbers (1-10 digits, every spacing); the
+        # schedule and EMA are the digit models'.
+        recipe=dict(
+            epochs=24,
+            batch_size=64,
+            lr=0.003,
+            optimizer="adamw",
+            weight_decay=0.01,
+            warmup=0.05,
+            label_smoothing=0.0,
+            augment=1.0,
+            ema=0.999,
+            epoch_size=20000,
+        ),
+        task="numbers",
     ),
 }
 

@@ -17,7 +17,7 @@ import click
 import typer
 from rich.console import Console
 
-from digitnet.cli import bench, data, evaluate, predict, serve, train
+from digitnet.cli import bench, data, evaluate, predict, read, serve, train
 from digitnet.errors import DigitnetError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-for _module in (data, train, evaluate, predict, serve, bench):
+for _module in (data, train, evaluate, predict, read, serve, bench):
     _module.register(app)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from digitnet.cli import predict, serve, train
+from digitnet.cli import predict, read, serve, train
 
 
 def register(app: typer.Typer) -> None:
@@ -16,4 +16,5 @@ def register(app: typer.Typer) -> None:
     bench_app.command("train")(train.bench_train)
     bench_app.command("predict")(predict.bench_predict)
     bench_app.command("serve")(serve.bench_serve)
+    bench_app.command("read")(read.bench_read)
     app.add_typer(bench_app, name="bench")

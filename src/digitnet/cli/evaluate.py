@@ -72,11 +72,18 @@ def evaluate_cmd(
         f" · ECE {m['calibration']['ece']:.4f} · NLL {m['nll']:.4f}"
     )
     console.print(f"vs {c['source']}: {_pct(c['baseline_accuracy'])} → {100 * c['delta']:+.2f} points")
-    u, nd = m["unsure"], m["non_digits"]
+    u, rj = m["unsure"], m["rejection"]
     console.print(
-        f"unsure: {u['flagged']:,} test digits flagged ({_pct(u['flagged_fraction'])}); no-digit probes: "
-        f"blank {nd['blank']['empty']}/{nd['blank']['n']} empty, scribbles/shapes "
-        f"{nd['marks']['unsure']}/{nd['marks']['n']} unsure"
+        f"unsure: {u['flagged']:,} test digits below the unsure threshold ({_pct(u['flagged_fraction'])})"
+    )
+    nd, photos = rj["non_digits"], rj["real_photos"]
+    console.print(
+        f"not a digit: AUROC {rj['auroc']:.4f}, FPR at 95 % TPR {_pct(rj['fpr_at_95_tpr'])} "
+        f"(digits vs the held-out kinds: {', '.join(rj['held_out_kinds'])}); flagged: held-out non-digits "
+        f"{_pct(nd['flagged_held_out'])}, training kinds {_pct(nd['flagged_training_kinds'])}, blank pages "
+        f"empty {rj['blank_pages']['empty']}/{rj['blank_pages']['n']}; MNIST test digits "
+        f"{_pct(rj['mnist_test']['flagged'])}, real photos {_pct(photos['flagged'])} "
+        f"(accuracy {_pct(photos['accuracy'])}, wrong and confident {_pct(photos['wrong_and_confident'])})"
     )
     console.print(f"report: {html.resolve()}", markup=False)
 

@@ -113,6 +113,7 @@ def _json_row(row: dict) -> dict:
         "confidence": round(row["confidence"], 6),
         "probabilities": [round(p, 6) for p in row["probabilities"]],
         "unsure": row["unsure"],
+        "status": row["status"],
     }
     if row["empty"]:
         out["empty"] = True
@@ -125,12 +126,14 @@ def _print_table(rows: list[dict], top_k: int) -> None:
     table.add_column("digit", justify="center")
     table.add_column("confidence", justify="right")
     table.add_column(f"top {top_k}", no_wrap=True)
-    table.add_column("unsure", justify="center")
+    table.add_column("status", justify="center")
     for r in rows:
         if r["empty"]:
             table.add_row(r["file"], "–", "–", "(no ink: empty image)", "[yellow]empty[/]")
             continue
-        flag = "[yellow]unsure[/]" if r["unsure"] else ""
+        flag = {"digit": "digit", "unsure": "[yellow]unsure[/]", "not_a_digit": "[red]not a digit[/]"}[
+            r["status"]
+        ]
         table.add_row(
             r["file"],
             f"[bold]{r['digit']}[/]",

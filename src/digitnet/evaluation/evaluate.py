@@ -18,7 +18,7 @@ import numpy as np
 from digitnet.checkpoint import read_checkpoint
 from digitnet.data import TestSplit
 from digitnet.errors import InputError, ModelError
-from digitnet.evaluation.nondigits import non_digit_report
+from digitnet.evaluation.rejection import PER_KIND, rejection_report
 from digitnet.evaluation.runs import read_json, seed_mlp_baseline
 from digitnet.inference.calibration import coverage_curve
 from digitnet.inference.predictor import Predictor
@@ -165,8 +165,11 @@ def run_probabilities(run: str | Path, x: np.ndarray) -> tuple[np.ndarray, Predi
     return predictor.predict_proba(x), predictor
 
 
-def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ERRORS) -> dict[str, Any]:
-    """Evaluate run folder `run` on `data.x_test`/`data.y_test`."""
+def evaluate_run(
+    run: str | Path, data: TestSplit, *, top_errors: int = WORST_ERRORS, per_kind: int = PER_KIND
+) -> dict[str, Any]:
+    """Evaluate run folder `run` on `data.x_test`/`data.y_test`; `per_kind` images of each kind of
+    non-digit for the rejection figures (`rejection.rejection_report`)."""
     run = Path(run)
     if not run.is_dir():
         raise ModelError(f"{run}: not a run folder")
@@ -211,5 +214,5 @@ def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ER
             np.ascontiguousarray(x_test[err["index"]], dtype=np.uint8).tobytes()
         ).decode()
     result["comparison"] = seed_mlp_baseline(run, result["accuracy"])
-    result["non_digits"] = non_digit_report(predictor)
+    result["rejection"] = rejection_report(predictor, data, per_kind=per_kind)
     return result

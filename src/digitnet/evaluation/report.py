@@ -166,13 +166,36 @@ def render_html(metrics: dict[str, Any], figures: dict[str, bytes]) -> str:
             f"({_pct(u.get('flagged_fraction'))}); accuracy on the rest "
             f"{_pct(u.get('accuracy_answered'), 3)}.</p>"
         )
-    nd = m.get("non_digits")
-    if nd:
-        b, k = nd["blank"], nd["marks"]
+    rj = m.get("rejection")
+    if rj:
+        parts.append("<h2>Not a digit</h2>")
         parts.append(
-            f"<p>Images with no digit (digitnet.nondigits): blank or near-blank pages reported empty "
-            f"{b['empty']}/{b['n']}; scribbles, blobs, hatching and shapes flagged unsure "
-            f"{k['unsure']}/{k['n']}.</p>"
+            f"<p>Separation of MNIST test digits from images of the held-out kinds "
+            f"({html.escape(', '.join(rj['held_out_kinds']))}: never seen in training), by "
+            f"{html.escape(rj['score'])}: AUROC <b>{_num(rj['auroc'])}</b>, false-positive rate at 95 % true "
+            f"positives <b>{_pct(rj['fpr_at_95_tpr'])}</b> (training kinds: AUROC "
+            f"{_num(rj['auroc_training_kinds'])}). At the shipped thresholds (not a digit below "
+            f"{_num(rj['thresholds']['not_a_digit'])}, unsure below {_num(rj['thresholds']['unsure'])}), "
+            f"flagged: MNIST test digits {_pct(rj['mnist_test']['flagged'])}, "
+            f"real digit photos {_pct(rj['real_photos']['flagged'])} (accuracy "
+            f"{_pct(rj['real_photos']['accuracy'])}, wrong and confident "
+            f"{_pct(rj['real_photos']['wrong_and_confident'])}); blank pages reported empty "
+            f"{rj['blank_pages']['empty']}/{rj['blank_pages']['n']}.</p>"
+        )
+        rows = [
+            [
+                html.escape(k),
+                "held out" if v["held_out"] else "trained on",
+                f"{v['n']:,}",
+                _pct(v["flagged"]),
+                _pct(v["not_a_digit"]),
+            ]
+            for k, v in rj["non_digits"]["by_kind"].items()
+        ]
+        parts.append(
+            _table(
+                ["kind of non-digit", "in training", "images", "flagged", "not a digit"], rows, "rejection"
+            )
         )
 
     if m.get("worst_errors"):

@@ -79,6 +79,7 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
         "digitnet.model": loaded.name,
         "digitnet.temperature": repr(float(loaded.temperature)),
         "digitnet.unsure_threshold": repr(float(loaded.unsure_threshold)),
+        "digitnet.not_digit_threshold": repr(float(loaded.not_digit_threshold)),
         "digitnet.version": checkpoint_version(loaded),
         "digitnet.views": str(views_per_image(loaded.model)),
     }  # test-time augmentation copies per image
@@ -118,6 +119,7 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
             "version": props.get("digitnet.version", "unknown"),
             "temperature": float(props["digitnet.temperature"]),
             "unsure_threshold": float(props["digitnet.unsure_threshold"]),
+            "not_digit_threshold": float(props.get("digitnet.not_digit_threshold", "0.0")),
             "views": views,
             "checkpoint_sha256": props.get("digitnet.checkpoint_sha256"),
         }

@@ -1,9 +1,11 @@
 """One path for a prediction: `Predictor`, over a torch module or an ONNX Runtime session.
 
-Probabilities are calibrated (`calibration.softmax(logits / temperature)`), a prediction under the
-run's `unsure_threshold` is flagged `unsure`, and an image with no ink is `empty`: reported, never
-classified. Loading is one trip downward: `checkpoint.load_checkpoint` for the weights, then
-either `folding.fast_module` (torch) or `onnx_session` (ONNX Runtime).
+Probabilities are calibrated (`calibration.softmax(logits / temperature)`) and every answer says
+what it is (`Prediction.status`): "empty" (no ink: reported, never classified), "not_a_digit"
+(a model trained with outlier exposure spreads its belief over all ten digits for what is not one:
+confidence under `not_digit_threshold`), "unsure" (under `unsure_threshold`) or "digit".
+Loading is one trip downward: `checkpoint.load_checkpoint` for the weights, then either
+`folding.fast_module` (torch) or `onnx_session` (ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -36,14 +38,18 @@ CHUNK = 4096  # images per model call: bounds memory for huge inputs
 RunLogits = Callable[[np.ndarray], np.ndarray]  # float32 (N, 1, 28, 28) in [0, 1] → logits (N, 10)
 
 
+STATUSES = ("digit", "unsure", "not_a_digit", "empty")
+
+
 @dataclass(frozen=True)
 class Prediction:
-    digit: int | None  # None when the image is empty
+    digit: int | None  # the most likely digit; None when the image is empty
     confidence: float  # calibrated probability of `digit` (0.0 when empty)
     probabilities: list[float]  # 10 calibrated probabilities (all 0.0 when empty)
-    unsure: bool  # confidence below the model's threshold, or empty
+    unsure: bool  # not a confident digit: status is anything but "digit" (kept for compatibility)
     empty: bool  # no ink found
     image: np.ndarray  # (28, 28) float32: what the model saw
+    status: str = "digit"  # one of STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +58,7 @@ class Prediction:
             "probabilities": list(self.probabilities),
             "unsure": self.unsure,
             "empty": self.empty,
+            "status": self.status,
         }
 
 
@@ -91,6 +98,7 @@ class Predictor:
         temperature: float,
         unsure_threshold: float,
         backend: str,
+        not_digit_threshold: float = 0.0,
         source: str = "",
         views: int = 1,
     ) -> None:
@@ -98,6 +106,7 @@ class Predictor:
         self._chunk = max(1, CHUNK // max(1, int(views)))  # a TTA model runs `views` copies of each image
         self.name, self.version, self.backend, self.source = name, version, backend, source
         self.temperature, self.unsure_threshold = float(temperature), float(unsure_threshold)
+        self.not_digit_threshold = float(not_digit_threshold)
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ModelError(f"model {name!r}: temperature must be a positive number, got {temperature}")
 
@@ -110,6 +119,7 @@ class Predictor:
         version: str,
         temperature: float,
         unsure_threshold: float,
+        not_digit_threshold: float = 0.0,
         source: str = "",
     ) -> Predictor:
         """A torch-backend predictor over an in-memory network (e.g. a just-fitted one)."""
@@ -120,6 +130,7 @@ class Predictor:
             version=version,
             temperature=temperature,
             unsure_threshold=unsure_threshold,
+            not_digit_threshold=not_digit_threshold,
             backend="torch",
             source=source,
             views=views_per_image(net),
@@ -156,6 +167,7 @@ class Predictor:
             version=checkpoint_version(loaded),
             temperature=loaded.temperature,
             unsure_threshold=loaded.unsure_threshold,
+            not_digit_threshold=loaded.not_digit_threshold,
             backend="torch",
             source=str(loaded.path),
             views=views_per_image(loaded.model),
@@ -181,6 +193,7 @@ class Predictor:
             version=meta["version"],
             temperature=meta["temperature"],
             unsure_threshold=meta["unsure_threshold"],
+            not_digit_threshold=meta["not_digit_threshold"],
             backend="onnx",
             source=source,
             views=meta["views"],
@@ -221,15 +234,22 @@ class Predictor:
         rows = iter(probs)
         for i, is_empty in enumerate(empty):
             if is_empty:
-                out.append(Prediction(None, 0.0, [0.0] * 10, True, True, xb[i]))
+                out.append(Prediction(None, 0.0, [0.0] * 10, True, True, xb[i], "empty"))
                 continue
             p = next(rows)
             digit = int(p.argmax())
             conf = float(p[digit])
+            status = self.status(conf)
             out.append(
-                Prediction(digit, conf, [float(v) for v in p], conf < self.unsure_threshold, False, xb[i])
+                Prediction(digit, conf, [float(v) for v in p], status != "digit", False, xb[i], status)
             )
         return out
+
+    def status(self, confidence: float) -> str:
+        """What an image with this calibrated confidence is: not_a_digit, unsure or digit."""
+        if confidence < self.not_digit_threshold:
+            return "not_a_digit"
+        return "unsure" if confidence < self.unsure_threshold else "digit"
 
     def predict_images(
         self, images: list[Image.Image | np.ndarray], *, preprocess: bool = True

@@ -218,24 +218,30 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
-def preprocess(img: Image.Image | np.ndarray, *, keep_steps: bool = False) -> Preprocessed:
-    """Replay MNIST's normalisation on any image of one digit; see the module docstring."""
-    steps: list[tuple[str, np.ndarray]] = []
+@dataclass(frozen=True)
+class Ink:
+    """The ink of an image, separated from its paper: MNIST polarity (light ink on dark)."""
 
-    def keep(name: str, a: np.ndarray) -> None:
-        if keep_steps:
-            steps.append((name, a.astype(np.float32, copy=True)))
+    polarity: np.ndarray  # (H, W) float32: paper ≈ 0, ink > 0, before suppression
+    image: np.ndarray  # (H, W) float32 in [0, 1]: paper 0, ink up to 1, anti-aliased edges kept
+    mask: np.ndarray  # (H, W) bool: the ink pixels (Otsu above the noise floor, despeckled)
+    blank: bool = False  # no ink that stands out from the paper: `image` and `mask` are all zero
 
-    if isinstance(img, Image.Image) and max(img.size) > MAX_WORK_SIDE:
-        img = _to_8bit(img)
-        img = img.copy()
-        img.thumbnail((MAX_WORK_SIDE, MAX_WORK_SIDE), Image.Resampling.BOX)
+
+def work_gray(img: Image.Image | np.ndarray, max_side: int = MAX_WORK_SIDE) -> np.ndarray:
+    """Grayscale (H, W) float32 in [0, 1], box-downscaled so its longest side is at most `max_side`."""
+    if isinstance(img, Image.Image) and max(img.size) > max_side:
+        img = _to_8bit(img).copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.BOX)
     gray = to_gray(img)  # (H, W)
-    if max(gray.shape) > MAX_WORK_SIDE:
-        scale = MAX_WORK_SIDE / max(gray.shape)
+    if max(gray.shape) > max_side:
+        scale = max_side / max(gray.shape)
         gray = _resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))))
-    keep("grayscale", gray)
+    return gray
 
+
+def find_ink(gray: np.ndarray) -> Ink:
+    """Polarity, then background suppression; `blank` when no ink stands out from the paper."""
     # Polarity: the background is the border's median.
     h, w = gray.shape
     b = max(1, min(h, w) // 20)
@@ -250,11 +256,9 @@ def preprocess(img: Image.Image | np.ndarray, *, keep_steps: bool = False) -> Pr
     if lighter > darker:
         d = -d
     x = np.maximum(d, 0.0)  # (H, W): ink > 0, paper ≈ 0, MNIST polarity
-    keep("polarity", x)
-
-    empty = Preprocessed(np.zeros((FIELD, FIELD), np.float32), True, tuple(steps))
+    blank = Ink(x, np.zeros_like(x), np.zeros(x.shape, bool), blank=True)
     if x.size < 2 or float(x.max()) < MIN_CONTRAST:
-        return empty
+        return blank
     # Background suppression: Otsu splits ink from paper; the noise level sets the floor.
     hist = _hist(x)
     t = _otsu(hist)
@@ -263,7 +267,7 @@ def preprocess(img: Image.Image | np.ndarray, *, keep_steps: bool = False) -> Pr
     if min(h, w) > 64:  # isolated speckles (noise, JPEG ringing) are not ink; 1-px pen lines are
         mask = _despeckle(mask)
     if int(mask.sum()) < MIN_INK_PIXELS:
-        return empty
+        return blank
     cut = min(int(hard * 255.0 + 0.5) + 1, 255)
     ink_hist, paper_hist = hist.copy(), hist.copy()
     ink_hist[:cut], paper_hist[cut:] = 0, 0
@@ -274,21 +278,19 @@ def preprocess(img: Image.Image | np.ndarray, *, keep_steps: bool = False) -> Pr
     paper_std = float(np.sqrt(max(float(paper_hist @ levels**2) / n_paper - paper_mean**2, 0.0)))
     # Ink must stand out from the paper's own variation, or this is noise / a blank page.
     if ink_median < MIN_CONTRAST or ink_median < paper_mean + 4.0 * paper_std:
-        return empty
+        return blank
     lo = min(noise, 0.5 * t)  # below: paper; above: ink, anti-aliased edges kept as partial values
     hi = max(_quantile(ink_hist, 0.9), lo + 1e-3)
-    x = np.minimum(np.maximum((x - lo) * (1.0 / (hi - lo)), 0.0), 1.0)
-    keep("suppressed", x)
+    image = np.minimum(np.maximum((x - lo) * (1.0 / (hi - lo)), 0.0), 1.0)
+    return Ink(x, image, mask)
 
-    # Crop to the ink's bounding box.
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    crop = x[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    keep("cropped", crop)
 
-    # Longest side → 20 px, aspect kept (anti-aliased), pasted at the centre of 28×28.
+def fit_field(crop: np.ndarray, crop_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """One digit's ink, cropped to its box → MNIST's (28, 28) field: the longest side to 20 px
+    (aspect kept, anti-aliased), the centre of mass at (14, 14). Returns (field, resized), or
+    None when nothing is left."""
     ch, cw = crop.shape
-    box_mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    thin = _stroke_width(box_mask) * BOX / max(ch, cw) < MIN_STROKE
+    thin = _stroke_width(crop_mask) * BOX / max(ch, cw) < MIN_STROKE
     box = BOX - 2 if thin else BOX  # a thin pen line is drawn 2 px bolder below, back to 20 px
     scale = box / max(ch, cw)
     nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
@@ -299,21 +301,45 @@ def preprocess(img: Image.Image | np.ndarray, *, keep_steps: bool = False) -> Pr
     if thin:
         small = _dilate3(small)
         nh, nw = small.shape
-    keep("resized", small)
     field = np.zeros((FIELD, FIELD), np.float32)
     top, left = (FIELD - nh) // 2, (FIELD - nw) // 2
     field[top : top + nh, left : left + nw] = small
-
     # Shift the centre of mass to MNIST's (14, 14), keeping the digit inside the field.
     mass = float(small.sum())
     if mass <= 0.0:
-        return empty
+        return None
     r = np.arange(FIELD, dtype=np.float32)
     cy, cx = float(field.sum(axis=1) @ r) / mass, float(field.sum(axis=0) @ r) / mass
     dy = min(max(round(MNIST_COM - cy), -top), FIELD - nh - top)
     dx = min(max(round(MNIST_COM - cx), -left), FIELD - nw - left)
     out = np.zeros_like(field)
     out[top + dy : top + dy + nh, left + dx : left + dx + nw] = small
+    return out, small
+
+
+def preprocess(img: Image.Image | np.ndarray, *, keep_steps: bool = False) -> Preprocessed:
+    """Replay MNIST's normalisation on any image of one digit; see the module docstring."""
+    steps: list[tuple[str, np.ndarray]] = []
+
+    def keep(name: str, a: np.ndarray) -> None:
+        if keep_steps:
+            steps.append((name, a.astype(np.float32, copy=True)))
+
+    gray = work_gray(img)
+    keep("grayscale", gray)
+    ink = find_ink(gray)
+    keep("polarity", ink.polarity)
+    if ink.blank:
+        return Preprocessed(np.zeros((FIELD, FIELD), np.float32), True, tuple(steps))
+    keep("suppressed", ink.image)
+    rows, cols = np.flatnonzero(ink.mask.any(axis=1)), np.flatnonzero(ink.mask.any(axis=0))
+    crop = ink.image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # the ink's bounding box
+    keep("cropped", crop)
+    fitted = fit_field(crop, ink.mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    if fitted is None:
+        return Preprocessed(np.zeros((FIELD, FIELD), np.float32), True, tuple(steps))
+    out, small = fitted
+    keep("resized", small)
     keep("centred", out)
     return Preprocessed(out, False, tuple(steps))
 

@@ -26,12 +26,13 @@ from fastapi.staticfiles import StaticFiles
 from digitnet import __version__
 from digitnet.errors import ConfigError
 from digitnet.inference.predictor import Predictor
+from digitnet.inference.reader import Reader
 from digitnet.serve.limits import BodyLimitMiddleware, ConcurrencyLimitMiddleware, Limits
 from digitnet.serve.metrics import MetricsMiddleware
 from digitnet.serve.responses import install_error_handlers
-from digitnet.serve.routers import health, page, predict
-from digitnet.serve.schemas import BatchRequest, PredictRequest
-from digitnet.serve.state import ServeState, attach
+from digitnet.serve.routers import health, page, predict, read
+from digitnet.serve.schemas import BatchRequest, PredictRequest, ReadRequest
+from digitnet.serve.state import ServeState, attach, attach_reader
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 32
@@ -47,7 +48,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             comps = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (PredictRequest, BatchRequest):
+            for model in (PredictRequest, BatchRequest, ReadRequest):
                 s = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 comps.update(s.pop("$defs", {}))
                 comps[model.__name__] = s
@@ -63,11 +64,14 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     predictor: Predictor | None = None,
+    reader: Reader | None = None,
+    reader_model: str | Path = "default",
     backend: str = "auto",
     threads: int | None = 1,
     retry_after_s: int = 1,
 ) -> FastAPI:
-    """Build the service. `predictor` (a ready `Predictor`, or a test double) skips loading `model`.
+    """Build the service. `predictor` (a ready `Predictor`, or a test double) skips loading `model`;
+    `reader` (a ready `Reader`) skips loading `reader_model` (the bundled reader by default).
 
     `backend` is `Predictor.load`'s: "auto" runs ONNX Runtime when an up-to-date model.onnx sits
     beside the checkpoint (about 3× faster than torch for one image), else torch. `threads` is the
@@ -88,6 +92,8 @@ def create_app(
                 lambda: Predictor.load(model, backend=backend, threads=threads)
             )
             attach(app.state, loaded)
+        if app.state.reader is None:
+            attach_reader(app.state, await anyio.to_thread.run_sync(lambda: Reader.load(reader_model)))
         yield
 
     app = FastAPI(
@@ -100,10 +106,12 @@ def create_app(
     )
     app.state.serve = state
     app.state.predictor = None
+    app.state.reader = reader
     if predictor is not None:
         attach(app.state, predictor)
     install_error_handlers(app)
     app.include_router(predict.router)
+    app.include_router(read.router)
     app.include_router(health.router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")

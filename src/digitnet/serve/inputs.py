@@ -17,7 +17,7 @@ from digitnet.errors import InputError
 from digitnet.inference.predictor import Prediction, Predictor
 from digitnet.inference.preprocess import MIN_CONTRAST, decode_image, preprocess
 from digitnet.serve.responses import HTTPError
-from digitnet.serve.schemas import PredictRequest, decode_base64, pixels_to_array
+from digitnet.serve.schemas import PredictRequest, ReadRequest, decode_base64, pixels_to_array
 
 SERVER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
@@ -79,10 +79,10 @@ class Item:
     label: str = "image"  # names the item in error messages, e.g. "items[3]"
 
 
-def item_from_request(req: PredictRequest, label: str = "image") -> Item:
+def item_from_request(req: PredictRequest | ReadRequest, label: str = "image") -> Item:
     try:
-        if req.pixels is not None:
-            return Item(pixels=pixels_to_array(req), preprocess=req.preprocess, label=label)
+        if req.pixels is not None:  # a reading always finds its ink as a photo's is found
+            return Item(pixels=pixels_to_array(req), preprocess=getattr(req, "preprocess", True), label=label)
         return Item(data=decode_base64(req.image_base64 or ""), label=label)
     except InputError as exc:
         raise InputError(f"{label}: {exc}" if label != "image" else str(exc)) from None

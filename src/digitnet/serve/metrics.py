@@ -37,6 +37,7 @@ class Metrics:
         self.latency: dict[str, list[float]] = {}  # route → bucket counts + [sum, count]
         self.predictions: Counter[str] = Counter()  # digit as a string, or "none" for empty images
         self.unsure = 0
+        self.statuses: Counter[str] = Counter()  # predictions by status
         self.empty = 0
         self.rejected = 0
         self.started = time.time()
@@ -58,6 +59,7 @@ class Metrics:
             for p in predictions:
                 self.predictions["none" if p.digit is None else str(p.digit)] += 1
                 self.unsure += bool(p.unsure)
+                self.statuses[p.status] += 1
                 self.empty += bool(p.empty)
 
     def observe_rejected(self) -> None:
@@ -97,6 +99,12 @@ class Metrics:
                 "threshold.",
                 "# TYPE digitnet_unsure_predictions_total counter",
                 f"digitnet_unsure_predictions_total {self.unsure}",
+                "# HELP digitnet_predictions_by_status_total Predictions by status.",
+                "# TYPE digitnet_predictions_by_status_total counter",
+                *(
+                    f'digitnet_predictions_by_status_total{{status="{s}"}} {self.statuses[s]}'
+                    for s in ("digit", "unsure", "not_a_digit", "empty")
+                ),
                 "# HELP digitnet_empty_images_total Images with no ink.",
                 "# TYPE digitnet_empty_images_total counter",
                 f"digitnet_empty_images_total {self.empty}",

@@ -67,8 +67,11 @@ class PredictResponse(BaseModel):
     digit: int | None = Field(description="the predicted digit, or null for an empty canvas")
     confidence: float = Field(description="calibrated probability of `digit`")
     probabilities: list[float] = Field(description="10 calibrated probabilities, digits 0-9")
-    unsure: bool = Field(description="confidence is below the model's calibrated threshold")
+    unsure: bool = Field(description='not a confident digit: `status` is anything but "digit"')
     empty: bool = Field(description="the image had no ink")
+    status: Literal["digit", "unsure", "not_a_digit", "empty"] = Field(
+        description="what the image is: a digit; unsure which digit; not a digit at all; or empty"
+    )
     model: ModelInfo
     image: list[list[float]] = Field(description="the 28×28 image the model saw, 0-1, light on dark")
 
@@ -76,6 +79,48 @@ class PredictResponse(BaseModel):
 class BatchResponse(BaseModel):
     model: ModelInfo
     predictions: list[PredictResponse]
+
+
+MAX_READ_PIXELS = 4_000_000  # JSON pixels for /v1/read: the body cap (4 MB) keeps them well under it
+
+
+class ReadRequest(BaseModel):
+    """One image of a number: exactly one of `pixels` (any H×W rows) or `image_base64`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pixels: list[list[Pixel]] | None = Field(
+        default=None,
+        description="H×W rows of numbers, ink of either polarity (light on dark, or dark on light)",
+    )
+    image_base64: str | None = Field(
+        default=None, description="a PNG/JPEG/GIF/BMP/WebP file, base64 (a data: URL prefix is allowed)"
+    )
+    scale: Literal["auto", "0-255", "0-1"] = Field(
+        default="auto", description="pixel scale; auto = 0-255 if any value is above 1, else 0-1"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ReadRequest:
+        if (self.pixels is None) == (self.image_base64 is None):
+            raise ValueError("give exactly one of 'pixels' or 'image_base64'")
+        return self
+
+
+class ReadDigit(BaseModel):
+    digit: int
+    confidence: float = Field(description="the reader's probability of this digit")
+    box: list[int] = Field(description="[x0, y0, x1, y1] in the input image's pixels")
+    image: list[list[float]] = Field(description="this digit as the model saw it, 28×28, 0-1, light on dark")
+
+
+class ReadResponse(BaseModel):
+    number: str = Field(description='the digits read, left to right; "" when the image holds none')
+    confidence: float = Field(description="calibrated probability that the whole number is right")
+    unsure: bool = Field(description="confidence is below the reader's calibrated threshold")
+    digits: list[ReadDigit]
+    marks: list[list[int]] = Field(description="boxes of glyphs that are not digits (letters, signs, dashes)")
+    model: ModelInfo
 
 
 class ErrorDetail(BaseModel):
@@ -96,19 +141,32 @@ class Ready(BaseModel):
     model: ModelInfo | None = None
 
 
-def pixels_to_array(req: PredictRequest) -> np.ndarray:
-    """Validated JSON pixels → float32 `(28, 28)` in [0, 1], or InputError naming the problem."""
+def pixels_to_array(req: PredictRequest | ReadRequest) -> np.ndarray:
+    """Validated JSON pixels → float32 in [0, 1], or InputError naming the problem: `(28, 28)` for
+    a prediction, any `(H, W)` rows for a reading. The one check of JSON pixels."""
     px = req.pixels or []
-    if px and isinstance(px[0], list):
+    if isinstance(req, ReadRequest):
+        widths = sorted({len(row) for row in px})
+        if not px or len(widths) != 1 or widths[0] == 0:
+            raise InputError(
+                f"pixels must be H×W rows of equal length, got {len(px)} rows "
+                f"of length {'/'.join(map(str, widths[:5])) or '0'}"
+            )
+        if len(px) * widths[0] > MAX_READ_PIXELS:
+            raise InputError(f"pixels: {len(px)}×{widths[0]} is over the {MAX_READ_PIXELS:,}-pixel limit")
+        arr = np.asarray(px, dtype=np.float32)
+    elif px and isinstance(px[0], list):
         widths = sorted({len(row) for row in px})
         if len(px) != 28 or widths != [28]:
             raise InputError(
                 f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} rows "
                 f"of length {'/'.join(map(str, widths))}"
             )
+        arr = np.asarray(px, dtype=np.float32)
     elif len(px) != 784:
         raise InputError(f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} numbers")
-    arr = np.asarray(px, dtype=np.float32).reshape(28, 28)
+    else:
+        arr = np.asarray(px, dtype=np.float32).reshape(28, 28)
     lo, hi = float(arr.min()), float(arr.max())
     if lo < 0:
         raise InputError(f"pixels must not be negative (min {lo:g})")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from digitnet.inference.predictor import Predictor
+from digitnet.inference.reader import Reader
 from digitnet.serve.limits import Limits
 from digitnet.serve.metrics import Metrics
 from digitnet.serve.responses import HTTPError
@@ -40,6 +41,18 @@ def attach(app_state: object, predictor: Predictor) -> None:
 def get_state(request: Request) -> ServeState:
     state: ServeState = request.app.state.serve
     return state
+
+
+def attach_reader(app_state: object, reader: Reader) -> None:
+    app_state.reader = reader  # type: ignore[attr-defined]
+
+
+def get_reader(request: Request) -> Reader:
+    """The loaded number reader, or 503 + Retry-After while the lifespan is still loading it."""
+    reader: Reader | None = request.app.state.reader
+    if reader is None:
+        raise get_state(request).not_ready()
+    return reader
 
 
 def get_predictor(request: Request) -> Predictor:

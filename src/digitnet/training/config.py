@@ -42,10 +42,13 @@ class TrainConfig:
     precision: Precision = "auto"  # bf16 autocast or fp32; auto: bf16 AMP on CUDA, on a CPU where faster
     seed: int = 0
     val_size: int = 5000  # held out from the training set, stratified (at most a fifth of it); 0 = none
+    epoch_size: int = 0  # examples per epoch, 0 = the training set (the reader: numbers composed per epoch)
     early_stopping: int = 0  # stop after this many epochs without a better val accuracy, 0 = off
     threads: int = 0  # torch intra-op threads for the run, 0 = leave torch's default
     device: str = "cpu"  # cpu | cuda | mps | auto
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    outlier_exposure: float = 0.0  # weight of the loss that pushes images that are not digits (drawn by
+    # data.nondigits, a quarter of each batch) towards a uniform prediction; 0 = off
     teacher: str = ""  # run folder / model.pt / 'default' to distil from, "" = plain training
     distill: float = 0.7  # weight of the teacher's soft targets against the labels (with a teacher)
 
@@ -64,7 +67,9 @@ class TrainConfig:
             (0 <= self.elastic <= 8, "elastic must be in [0, 8] px"),
             (0 <= self.ema < 1, "ema must be in [0, 1)"),
             (0 <= self.distill <= 1, "distill must be in [0, 1]"),
+            (0 <= self.outlier_exposure <= 10, "outlier_exposure must be in [0, 10]"),
             (self.val_size >= 0, "val_size must be >= 0"),
+            (self.epoch_size >= 0, "epoch_size must be >= 0"),
             (self.early_stopping >= 0, "early_stopping must be >= 0"),
             (self.threads >= 0, "threads must be >= 0"),
             (self.device in DEVICES, "device must be cpu, cuda, mps or auto"),

@@ -1,10 +1,10 @@
 """The training loop: plain code, read top to bottom.
 
-The whole dataset lives in memory as one uint8 tensor; batches are index slices of a per-epoch
-permutation (no DataLoader); augmentation is one `affine_grid`/`grid_sample` call per batch. The
-forward/backward run channels_last, under bf16 autocast when the config says so (or, for "auto",
-where a timing probe finds it faster on this CPU: `recipe.resolve_bf16`). Under `torchrun` the same
-loop runs as DistributedDataParallel, each rank taking its shard of every global batch.
+One loop for every task (`task.Task`: digits, or whole numbers for the reader): seeded batches,
+the learning-rate schedule, weight EMA, best-on-validation weights, a resumable state after every
+epoch. The forward/backward run channels_last, under bf16 autocast when the config says so (or, for
+"auto", where a timing probe finds it faster on this CPU: `recipe.resolve_bf16`). Under `torchrun`
+the same loop runs as DistributedDataParallel, each rank taking its shard of every global batch.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import digitnet.training.distributed as dist
 from digitnet.errors import ConfigError
-from digitnet.inference.batching import as_batch
-from digitnet.models import build_model, network_kwargs, single_view
+from digitnet.models import build_model, get_spec, network_kwargs
 from digitnet.training.config import TrainConfig
-from digitnet.training.recipe import EMA, Teacher, lr_at, make_optimizer, random_affine, resolve_bf16
+from digitnet.training.digits import DigitTask
+from digitnet.training.numbers import NumberTask
+from digitnet.training.recipe import EMA, lr_at, make_optimizer, resolve_bf16
+from digitnet.training.task import Task
 
 
 class Progress(Protocol):
@@ -124,28 +125,6 @@ def stratified_split(y: np.ndarray, val_size: int, seed: int = 0) -> tuple[np.nd
     return np.flatnonzero(mask), val_idx
 
 
-def _uint8(x: np.ndarray) -> torch.Tensor:
-    """User images → (N, 1, 28, 28) uint8, the form the whole set is kept in memory."""
-    return (as_batch(x) * 255).round().to(torch.uint8)
-
-
-@torch.no_grad()
-def accuracy_and_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 2500
-) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on uint8 images x (N, 1, 28, 28)."""
-    model.eval()
-    correct, loss = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
-        yb = y[i : i + batch_size].to(device)
-        logits = model(xb).float()
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    model.train()
-    return correct / max(1, len(x)), loss / max(1, len(x))
-
-
 def fit(
     cfg: TrainConfig,
     x_train: np.ndarray,
@@ -190,20 +169,16 @@ def fit(
 
 @dataclass
 class _Run:
-    """The live state of one run: data in memory, the network and what updates it."""
+    """The live state of one run: the task's data, the network and what updates it."""
 
-    x: torch.Tensor  # (N, 1, 28, 28) uint8
-    y: torch.Tensor  # (N,) int64
+    task: Task
     model: nn.Module
     ddp_model: nn.Module  # `model`, DDP-wrapped under torchrun
     opt: torch.optim.Optimizer
     ema: EMA | None
-    teacher: Teacher | None
     gen: torch.Generator
     amp: torch.autocast
     bf16: bool
-    device: torch.device
-    steps_per_epoch: int
     rank: int
     world: int
 
@@ -226,20 +201,19 @@ def _fit(
     eval_every: int,
 ) -> FitResult:
     torch.manual_seed(cfg.seed)
-    run = _start(cfg, x_train, y_train, resume)
-    has_val = x_val is not None and y_val is not None and len(x_val) > 0
-    xva = _uint8(x_val) if x_val is not None and has_val else None
-    yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long) if has_val else None
+    run = _start(cfg, x_train, y_train, x_val, y_val, resume)
     history = list(resume.history) if resume else []
     best = _Best(resume.best_acc, resume.best_epoch, resume.best_state) if resume else _Best()
     train_seconds = resume.train_seconds if resume else 0.0
+    has_val = False
 
     for epoch in range(resume.epoch if resume else 0, cfg.epochs):
         row = _train_epoch(cfg, run, epoch, progress, eval_hook, eval_every, train_seconds)
         train_seconds += row["seconds"]
-        if xva is not None and yva is not None:
-            with single_view(run.eval_model):  # test-time augmentation would make this 9× dearer
-                row["val_accuracy"], row["val_loss"] = accuracy_and_loss(run.eval_model, xva, yva, run.device)
+        scores = run.task.validate(run.eval_model)
+        has_val = scores is not None
+        if scores is not None:
+            row["val_accuracy"], row["val_loss"] = scores
         history.append(row)
         score = row.get("val_accuracy", epoch)  # without validation the last epoch is the best
         if score >= best.score:  # ties go to the later, longer-annealed weights
@@ -267,6 +241,7 @@ def _fit(
         if cfg.early_stopping and has_val and epoch + 1 - best.epoch >= cfg.early_stopping:
             break
 
+    has_val = has_val or any("val_accuracy" in row for row in history)
     final = build_model(cfg.model, **cfg.model_kwargs)
     if best.state is not None:
         final.load_state_dict(best.state)
@@ -274,22 +249,45 @@ def _fit(
     return FitResult(final, history, train_seconds, best.epoch, best.score if has_val else None, run.bf16)
 
 
-def _start(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, resume: ResumeState | None) -> _Run:
-    """Data into memory, the network, optimizer, EMA, teacher and precision, from scratch or from
-    `resume`. The order of the seeded steps is fixed: same seed, same weights."""
+def make_task(
+    cfg: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    *,
+    device: torch.device,
+    gen: torch.Generator,
+    rank: int,
+    world: int,
+) -> Task:
+    """The task `cfg.model` learns (`models.ModelSpec.task`), over these images and labels."""
+    kind = NumberTask if get_spec(cfg.model).task == "numbers" else DigitTask
+    return kind(cfg, x_train, y_train, x_val, y_val, device=device, gen=gen, rank=rank, world=world)
+
+
+def _start(
+    cfg: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    resume: ResumeState | None,
+) -> _Run:
+    """The task's data, the network, optimizer, EMA and precision, from scratch or from `resume`.
+    The order of the seeded steps is fixed: same seed, same weights."""
     rank, world = dist.rank(), dist.world_size()
     device = resolve_device(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed)  # permutations + augmentation: one stream, seeded
-    x, y = _uint8(x_train), torch.as_tensor(np.asarray(y_train), dtype=torch.long)
-    if len(x) != len(y):
-        raise ConfigError(f"{len(x)} images but {len(y)} labels")
     if world > 1 and cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     model = build_model(cfg.model, **cfg.model_kwargs).to(device)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     opt = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema) if cfg.ema else None
-    teacher = Teacher(cfg.teacher, device, cfg.distill) if cfg.teacher else None
+    # After the network: a distillation teacher is built from its checkpoint, which draws on the
+    # global random stream, and the student's initial weights must not depend on it.
+    task = make_task(cfg, x_train, y_train, x_val, y_val, device=device, gen=gen, rank=rank, world=world)
     if resume is not None:
         model.load_state_dict(resume.model)
         opt.load_state_dict(resume.optimizer)
@@ -306,10 +304,7 @@ def _start(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, resume: R
             resolve_bf16(cfg.precision, model, device, local_bs, network) if rank == 0 else False
         )
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in ("cpu", "cuda"))
-    steps_per_epoch = max(1, len(x) // cfg.batch_size)  # drop the ragged last batch: stable BN
-    return _Run(
-        x, y, model, ddp_model, opt, ema, teacher, gen, amp, bf16, device, steps_per_epoch, rank, world
-    )
+    return _Run(task, model, ddp_model, opt, ema, gen, amp, bf16, rank, world)
 
 
 def _train_epoch(
@@ -321,37 +316,27 @@ def _train_epoch(
     eval_every: int,
     seconds_before: float,
 ) -> dict[str, float]:
-    """One pass over a fresh permutation; returns the epoch's history row (without validation)."""
-    steps, world, rank = run.steps_per_epoch, run.world, run.rank
-    local_bs = cfg.batch_size // world
-    perm = torch.randperm(len(run.x), generator=run.gen)  # same on every rank: same seed
+    """One epoch of the task's batches; returns the epoch's history row (without validation)."""
+    steps, world, rank = run.task.steps_per_epoch, run.world, run.rank
     if progress is not None and rank == 0:
         progress.start_epoch(epoch + 1, cfg.epochs, steps)
     run.model.train()
     t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-    for i in range(steps):
+    for i, batch in enumerate(run.task.batches(epoch)):
         step = epoch * steps + i
-        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size][rank * local_bs : (rank + 1) * local_bs]
-        xb = run.x[idx].to(run.device, non_blocking=True).float().div_(255)  # (b, 1, 28, 28)
-        yb = run.y[idx].to(run.device, non_blocking=True)
-        if cfg.augment:
-            xb = random_affine(xb, cfg.augment, run.gen, cfg.elastic)
-        xb = xb.contiguous(memory_format=torch.channels_last)
         for g in run.opt.param_groups:
             g["lr"] = cfg.lr * lr_at(step, cfg.epochs * steps, cfg)
         with run.amp:
-            logits = run.ddp_model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            if run.teacher is not None:
-                loss = run.teacher.loss(logits.float(), xb, loss)
+            output = run.ddp_model(batch.x)
+            loss = run.task.loss(output, batch)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
         if run.ema is not None:
             run.ema.update(run.model, step + 1)
-        seen += len(idx)
-        loss_sum += loss.item() * len(idx)
-        correct += (logits.argmax(1) == yb).sum().item()
+        seen += batch.n
+        loss_sum += loss.item() * batch.n
+        correct += run.task.n_correct(output, batch)
         if progress is not None and rank == 0:
             progress.step(1, loss_sum / seen, correct / seen, seen * world / (time.perf_counter() - t0))
         if eval_hook is not None and eval_every and (i + 1) % eval_every == 0 and i + 1 < steps:

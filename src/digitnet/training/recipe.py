@@ -176,8 +176,11 @@ def _step_seconds(model: nn.Module, batch_size: int, bf16: bool, steps: int = 5)
     m = copy.deepcopy(model).train()
     opt = torch.optim.SGD(m.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, 1, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    size = getattr(model, "input_size", (1, 28, 28))  # (C, H, W): a digit unless the model says
+    x = torch.rand(batch_size, *size, generator=gen).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = m(x)  # (B, classes) or (B, classes, frames): cross-entropy takes either
+    y = torch.randint(0, out.shape[1], (batch_size, *out.shape[2:]), generator=gen)
     times = []
     for i in range(steps + 2):  # two warm-up steps: oneDNN picks and caches its kernels
         t0 = time.perf_counter()

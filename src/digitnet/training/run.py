@@ -7,6 +7,7 @@ reports and writes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +21,50 @@ from digitnet.data import Splits
 from digitnet.errors import ConfigError
 from digitnet.inference.batching import batched_logits
 from digitnet.inference.calibration import choose_unsure_threshold, fit_temperature
-from digitnet.models import count_parameters, network_kwargs
+from digitnet.models import count_parameters, get_spec, network_kwargs
 from digitnet.training.config import TrainConfig
 from digitnet.training.loop import FitResult, fit, resolve_device, split_sizes, stratified_split
+from digitnet.training.numbers import calibrate_reader, test_numbers, validation_numbers
 from digitnet.training.progress import Reporter
 
+NOT_DIGIT_SHARE = 0.002  # rejection models: validation digits called "not a digit" at the operating point
+UNSURE_SHARE = 0.002  # ... and of the rest, "unsure"
 
-def calibrate(model: nn.Module, x_val: np.ndarray, y_val: np.ndarray) -> tuple[float, float]:
-    """(temperature, unsure threshold) fitted on the validation split; (1, 0) without one."""
+
+@dataclass(frozen=True)
+class Calibration:
+    temperature: float = 1.0  # probabilities = softmax(logits / temperature)
+    unsure_threshold: float = 0.0  # calibrated confidence below this: "unsure"
+    not_digit_threshold: float = 0.0  # ... below this: "not_a_digit" (0 = the model cannot tell)
+
+
+def calibrate(
+    model: nn.Module, x_val: np.ndarray, y_val: np.ndarray, *, rejects: bool = False
+) -> Calibration:
+    """The operating point, fitted on the validation split (temperature 1, nothing flagged without one).
+
+    The temperature minimises validation NLL. A model trained without outliers flags as unsure
+    the least confident answers while the rest stay 99.9 % right. A model trained with outliers
+    (`rejects`) learnt to spread its belief over all ten classes for what is not a digit: the
+    operating point then rejects a fixed share of real validation digits, `NOT_DIGIT_SHARE` of them
+    as not a digit (the lowest confidences) and `UNSURE_SHARE` of the rest as unsure."""
     if len(x_val) == 0:
-        return 1.0, 0.0
+        return Calibration()
     logits = batched_logits(model, x_val).numpy()
     temperature = fit_temperature(logits, y_val)
     probs = torch.softmax(torch.from_numpy(logits) / temperature, 1).numpy()
-    return float(temperature), float(choose_unsure_threshold(probs, y_val))
+    if not rejects:
+        return Calibration(float(temperature), float(choose_unsure_threshold(probs, y_val)))
+    conf = np.sort(probs.max(axis=1))
+    not_digit = float(conf[int(NOT_DIGIT_SHARE * len(conf))])
+    unsure = float(conf[int((NOT_DIGIT_SHARE + UNSURE_SHARE) * len(conf))])
+    return Calibration(float(temperature), unsure, not_digit)
 
 
 def fit_metrics(
     cfg: TrainConfig,
     result: FitResult,
-    temperature: float,
-    threshold: float,
+    calibration: Calibration,
     *,
     test: dict[str, Any],
     source: dict[str, Any],
@@ -57,8 +81,9 @@ def fit_metrics(
         "train_seconds": round(result.train_seconds, 3),
         "parameters": count_parameters(result.model),
         "precision": "bf16" if result.bf16 else "fp32",
-        "temperature": temperature,
-        "unsure_threshold": threshold,
+        "temperature": calibration.temperature,
+        "unsure_threshold": calibration.unsure_threshold,
+        "not_digit_threshold": calibration.not_digit_threshold,
         **source,
         "finished": runfolder.now_iso(),
     }
@@ -117,18 +142,25 @@ def train(
     )
     metrics: dict[str, Any] = {}
     if main:
-        temperature, threshold = calibrate(result.model, data.x_train[va], data.y_train[va])
-        test_pred = batched_logits(result.model, data.x_test).argmax(1).numpy()
-        y_test = np.asarray(data.y_test)
+        if get_spec(cfg.model).task == "numbers":
+            val_numbers = validation_numbers(data.x_train[va], data.y_train[va], torch.device("cpu"))
+            calibration = Calibration(*calibrate_reader(result.model, val_numbers))
+            test = test_numbers(result.model, data.x_test, data.y_test)
+        else:
+            calibration = calibrate(
+                result.model, data.x_train[va], data.y_train[va], rejects=cfg.outlier_exposure > 0
+            )
+            test_pred = batched_logits(result.model, data.x_test).argmax(1).numpy()
+            y_test = np.asarray(data.y_test)
+            test = {
+                "test_accuracy": float((test_pred == y_test).mean()),
+                "test_errors": int((test_pred != y_test).sum()),
+            }
         metrics = fit_metrics(
             cfg,
             result,
-            temperature,
-            threshold,
-            test={
-                "test_accuracy": float((test_pred == y_test).mean()),
-                "test_errors": int((test_pred != y_test).sum()),
-            },
+            calibration,
+            test=test,
             source={"dataset": data.name, "world_size": dist.world_size()},
         )
         runfolder.write_run(
@@ -137,8 +169,9 @@ def train(
             model_name=cfg.model,
             model_kwargs=network_kwargs(cfg.model, cfg.model_kwargs),
             config=cfg.to_dict(),
-            temperature=temperature,
-            unsure_threshold=threshold,
+            temperature=calibration.temperature,
+            unsure_threshold=calibration.unsure_threshold,
+            not_digit_threshold=calibration.not_digit_threshold,
             metrics=metrics,
             history=result.history,
             data=data.summary(),

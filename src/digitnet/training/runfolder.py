@@ -93,6 +93,7 @@ def write_run(
     config: dict[str, Any],
     temperature: float,
     unsure_threshold: float,
+    not_digit_threshold: float = 0.0,
     metrics: dict[str, Any],
     history: list[dict[str, float]],
     data: dict[str, Any],
@@ -113,6 +114,7 @@ def write_run(
         config=config,
         temperature=temperature,
         unsure_threshold=unsure_threshold,
+        not_digit_threshold=not_digit_threshold,
         meta=checkpoint_meta,
     )
     write_history(out / "history.csv", history)

@@ -32,6 +32,7 @@ from digitnet.serve.schemas import (
     ModelInfo,
     PredictRequest,
     PredictResponse,
+    ReadRequest,
 )
 from digitnet.serve.state import ServeState, get_predictor, get_state
 
@@ -48,7 +49,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _body_doc(schema: type, field: str, many: bool) -> dict[str, Any]:
+def body_doc(schema: type, field: str, many: bool) -> dict[str, Any]:
     """OpenAPI for a body read by hand: the JSON model, or multipart with one/many files."""
     file_schema = {"type": "string", "format": "binary"}
     part = {"type": "array", "items": file_schema} if many else file_schema
@@ -65,7 +66,10 @@ def _body_doc(schema: type, field: str, many: bool) -> dict[str, Any]:
     }
 
 
-async def _read_items(request: Request, *, batch: bool) -> list[Item]:
+async def read_items(
+    request: Request, *, batch: bool, single: type[PredictRequest] | type[ReadRequest] = PredictRequest
+) -> list[Item]:
+    """The images of a request: JSON (`single`, or a `BatchRequest`) or multipart `file`/`files`."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":
         body = await request.body()
@@ -73,7 +77,7 @@ async def _read_items(request: Request, *, batch: bool) -> list[Item]:
             if batch:
                 parsed = BatchRequest.model_validate_json(body)
                 return [item_from_request(req, f"items[{i}]") for i, req in enumerate(parsed.items)]
-            return [item_from_request(PredictRequest.model_validate_json(body))]
+            return [item_from_request(single.model_validate_json(body))]
         except ValidationError as exc:
             raise HTTPError(422, "invalid_input", validation_message(exc.errors(include_url=False))) from None
     if media_type == "multipart/form-data":
@@ -112,6 +116,7 @@ def _to_response(pred: Prediction, info: ModelInfo) -> PredictResponse:
         confidence=round(float(pred.confidence), 6),
         probabilities=np.round(np.asarray(pred.probabilities, dtype=np.float64), 6).tolist(),
         unsure=bool(pred.unsure),
+        status=pred.status,
         empty=bool(pred.empty),
         model=info,
         image=np.round(np.asarray(pred.image, dtype=np.float64), 4).tolist(),  # (28, 28)
@@ -130,13 +135,13 @@ async def _run(
     "/v1/predict",
     response_model=PredictResponse,
     responses=ERRORS,
-    openapi_extra=_body_doc(PredictRequest, "file", many=False),
+    openapi_extra=body_doc(PredictRequest, "file", many=False),
     summary="Classify one image (JSON pixels, JSON base64 image, or multipart `file`)",
 )
 async def predict(
     request: Request, predictor: Predictor = Depends(get_predictor), state: ServeState = Depends(get_state)
 ) -> Response:
-    items = await _read_items(request, batch=False)
+    items = await read_items(request, batch=False)
     preds, info = await _run(predictor, state, items)
     return Response(_to_response(preds[0], info).model_dump_json(), media_type="application/json")
 
@@ -145,13 +150,13 @@ async def predict(
     "/v1/predict/batch",
     response_model=BatchResponse,
     responses=ERRORS,
-    openapi_extra=_body_doc(BatchRequest, "files", many=True),
+    openapi_extra=body_doc(BatchRequest, "files", many=True),
     summary=f"Classify up to {MAX_BATCH} images (JSON `items`, or multipart repeated `files`)",
 )
 async def predict_batch(
     request: Request, predictor: Predictor = Depends(get_predictor), state: ServeState = Depends(get_state)
 ) -> Response:
-    items = await _read_items(request, batch=True)
+    items = await read_items(request, batch=True)
     if len(items) > MAX_BATCH:  # multipart: the parser stops at MAX_BATCH files, JSON at max_length
         raise HTTPError(422, "invalid_input", f"at most {MAX_BATCH} images per batch, got {len(items)}")
     preds, info = await _run(predictor, state, items)

@@ -1,4 +1,5 @@
-// digitnet draw-a-digit page: pointer drawing → PNG → POST /v1/predict → digit, bars, model view.
+// digitnet page: pointer drawing → PNG → POST /v1/predict (a digit: digit, bars, model view) or
+// POST /v1/read (a number: the digits, a box over each on the pad, what the model saw for each).
 // The canvas is sent as an image, so it goes through the same preprocessing as an uploaded photo.
 "use strict";
 
@@ -15,6 +16,18 @@
   const statusEl = document.getElementById("status");
   const hintEl = document.getElementById("hint");
   const uploadEl = document.getElementById("upload");
+  const layout = document.getElementById("layout");
+  const titleEl = document.getElementById("draw-title");
+  const boxes = document.getElementById("boxes");
+  const boxesCtx = boxes.getContext("2d");
+  const reading = document.getElementById("reading");
+  const numberEl = document.getElementById("number");
+  const readingConfEl = document.getElementById("reading-confidence");
+  const readingUnsureEl = document.getElementById("reading-unsure");
+  const readingDigitsEl = document.getElementById("reading-digits");
+  const readingStatusEl = document.getElementById("reading-status");
+  const modeButtons = { digit: document.getElementById("mode-digit"), number: document.getElementById("mode-number") };
+  let mode = "digit"; // "digit": one digit, /v1/predict; "number": a whole number, /v1/read
 
   const INK = "#ffffff";
   const PAPER = "#111424";
@@ -48,17 +61,42 @@
     ctx.lineJoin = "round";
     ctx.strokeStyle = INK;
     ctx.fillStyle = INK;
-    ctx.lineWidth = pad.width / 14; // about MNIST's stroke relative to the digit box
+    ctx.lineWidth = pad.height / 14; // about MNIST's stroke relative to the digit box
   }
 
   function setBusy(busy) {
     // Read by tests and assistive tech: "true" while a prediction request is outstanding.
     result.setAttribute("aria-busy", busy ? "true" : "false");
+    reading.setAttribute("aria-busy", busy ? "true" : "false");
   }
 
   function setStatus(text, isError = false) {
-    statusEl.textContent = text;
-    statusEl.classList.toggle("error", isError);
+    const el = mode === "number" ? readingStatusEl : statusEl;
+    el.textContent = text;
+    el.classList.toggle("error", isError);
+  }
+
+  function showNoReading(message) {
+    reading.dataset.state = "empty";
+    numberEl.textContent = "–";
+    readingConfEl.textContent = message;
+    readingUnsureEl.hidden = true;
+    readingDigitsEl.replaceChildren();
+    boxesCtx.clearRect(0, 0, boxes.width, boxes.height);
+  }
+
+  function setMode(next) {
+    mode = next;
+    layout.dataset.mode = next;
+    for (const [name, btn] of Object.entries(modeButtons)) btn.setAttribute("aria-pressed", String(name === next));
+    const wide = next === "number";
+    pad.width = boxes.width = wide ? 840 : 280;
+    pad.height = boxes.height = 280;
+    pad.setAttribute("aria-label", wide ? "Drawing area: write a number" : "Drawing area: draw one digit, 0 to 9");
+    titleEl.textContent = wide ? "Your number" : "Your digit";
+    result.hidden = wide;
+    reading.hidden = !wide;
+    clearAll();
   }
 
   function showEmpty(message) {
@@ -85,6 +123,7 @@
     hintEl.classList.remove("hidden");
     uploadEl.value = "";
     showEmpty("Draw a digit to start");
+    showNoReading("Write a number to start");
     setStatus("");
   }
 
@@ -113,11 +152,12 @@
       return;
     }
     const order = p.probabilities.map((v, d) => [v, d]).sort((a, b) => b[0] - a[0]);
-    result.dataset.state = p.unsure ? "unsure" : "ready";
-    digitEl.textContent = String(p.digit);
-    confEl.textContent = `${pct(p.confidence)} sure it's a ${p.digit}`;
+    const notDigit = p.status === "not_a_digit";
+    result.dataset.state = notDigit ? "notdigit" : p.unsure ? "unsure" : "ready";
+    digitEl.textContent = notDigit ? "?" : String(p.digit);
+    confEl.textContent = notDigit ? "That does not look like a digit" : `${pct(p.confidence)} sure it's a ${p.digit}`;
     unsureEl.hidden = !p.unsure;
-    unsureEl.textContent = p.unsure ? `Not sure: maybe ${order[1][1]}?` : "";
+    unsureEl.textContent = notDigit ? "Not a digit" : p.unsure ? `Not sure: maybe ${order[1][1]}?` : "";
     p.probabilities.forEach((v, d) => {
       bars[d].fill.style.width = `${(v * 100).toFixed(1)}%`;
       bars[d].value.textContent = pct(v);
@@ -125,9 +165,57 @@
     });
   }
 
-  async function post(body, gen) {
+  function drawDigit(ctx2d, image) {
+    const data = ctx2d.createImageData(28, 28);
+    for (let r = 0; r < 28; r++) {
+      for (let c = 0; c < 28; c++) {
+        const v = Math.round(Math.max(0, Math.min(1, image[r][c])) * 255);
+        const i = (r * 28 + c) * 4;
+        data.data[i] = data.data[i + 1] = data.data[i + 2] = v;
+        data.data[i + 3] = 255;
+      }
+    }
+    ctx2d.putImageData(data, 0, 0);
+  }
+
+  function renderReading(p, scale) {
+    // scale: pad pixels per input pixel (1 for the canvas itself; a fitted photo's factor otherwise)
+    boxesCtx.clearRect(0, 0, boxes.width, boxes.height);
+    readingDigitsEl.replaceChildren();
+    if (!p.digits.length) {
+      showNoReading(p.marks.length ? "No digits found, only marks that are not digits" : "No digits found: write bigger or darker");
+      return;
+    }
+    reading.dataset.state = p.unsure ? "unsure" : "ready";
+    numberEl.textContent = p.number;
+    readingConfEl.textContent = `${pct(p.confidence)} sure it reads ${p.number}`;
+    readingUnsureEl.hidden = !p.unsure;
+    boxesCtx.lineWidth = 3;
+    boxesCtx.font = "600 22px system-ui, sans-serif";
+    for (const d of p.digits) {
+      const [x0, y0, x1, y1] = d.box.map((v) => v * scale.k);
+      const colour = d.confidence < 0.9 ? "#f6c66b" : "#7ee2a8";
+      boxesCtx.strokeStyle = boxesCtx.fillStyle = colour;
+      boxesCtx.strokeRect(x0 + scale.dx, y0 + scale.dy, x1 - x0, y1 - y0);
+      boxesCtx.fillText(String(d.digit), x0 + scale.dx + 2, Math.max(20, y0 + scale.dy - 6));
+      const li = document.createElement("li");
+      li.className = "digit-card" + (d.confidence < 0.9 ? " low" : "");
+      const seenDigit = document.createElement("canvas");
+      seenDigit.width = seenDigit.height = 28;
+      drawDigit(seenDigit.getContext("2d"), d.image);
+      const b = document.createElement("b");
+      b.textContent = String(d.digit);
+      const conf = document.createElement("span");
+      conf.textContent = pct(d.confidence);
+      li.append(seenDigit, b, conf);
+      readingDigitsEl.append(li);
+    }
+  }
+
+  async function post(body, gen, scale = { k: 1, dx: 0, dy: 0 }) {
     const t0 = performance.now();
-    const res = await fetch("/v1/predict", { method: "POST", body });
+    const route = mode === "number" ? "/v1/read" : "/v1/predict";
+    const res = await fetch(route, { method: "POST", body });
     let payload = null;
     try {
       payload = await res.json();
@@ -137,11 +225,12 @@
     if (gen !== generation) return; // cleared meanwhile
     if (!res.ok) {
       const msg = payload && payload.error ? payload.error.message : `HTTP ${res.status}`;
-      result.dataset.state = "error";
+      (mode === "number" ? reading : result).dataset.state = "error";
       setStatus(msg, true);
       return;
     }
-    render(payload);
+    if (mode === "number") renderReading(payload, scale);
+    else render(payload);
     setStatus(`Answered in ${Math.round(performance.now() - t0)} ms`);
   }
 
@@ -251,12 +340,14 @@
     clearAll();
     const gen = generation;
     // Show the photo on the pad (fitted), so the person sees what was classified.
+    let scale = { k: 1, dx: 0, dy: 0 };
     try {
       const bitmap = await createImageBitmap(file);
       const s = Math.min(pad.width / bitmap.width, pad.height / bitmap.height);
       const w = bitmap.width * s;
       const h = bitmap.height * s;
       ctx.drawImage(bitmap, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+      scale = { k: s, dx: (pad.width - w) / 2, dy: (pad.height - h) / 2 }; // boxes come in photo pixels
       pad.dataset.photo = "1";
       hintEl.classList.add("hidden");
     } catch {
@@ -267,13 +358,16 @@
     form.append("file", file, file.name);
     setBusy(true);
     try {
-      await post(form, gen);
+      await post(form, gen, scale);
     } catch (err) {
       setStatus(`Cannot reach the server (${err.message})`, true);
     } finally {
       setBusy(false);
     }
   });
+
+  modeButtons.digit.addEventListener("click", () => setMode("digit"));
+  modeButtons.number.addEventListener("click", () => setMode("number"));
 
   // The model's name for the footer.
   fetch("/readyz")

@@ -1,0 +1,159 @@
+"""`digitnet bench read`: whole-number accuracy and speed on photos of numbers, beside a peer.
+
+It composes a seeded set of number photos from MNIST *test* digits (lengths 1–8 × spaced, tight
+and touching, `per_cell` of each; paper-like backgrounds, JPEG, blur, slight rotation:
+`data.synth.photo`), writes them to a temporary folder, reads every file with digitnet (decode →
+read, timed per photo) and, with `peer="tesseract"`, reads the same files with Tesseract 5
+(`--psm 7`, one text line, digits whitelist) in the same run. Reported: whole-number accuracy by
+length and by spacing, the digit error rate (edit distance / digits), photos/s, p50/p99 ms per
+photo, and p50/p99 for the 6-digit photos alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitnet.bench.common import environment, ms
+from digitnet.data import TestSplit
+from digitnet.data.synth import SPACINGS, number, photo
+from digitnet.errors import ConfigError
+from digitnet.inference.preprocess import decode_image
+from digitnet.inference.reader import Reader
+
+PEERS = ("tesseract",)
+TESSERACT_ARGS = ["--psm", "7", "-c", "tessedit_char_whitelist=0123456789"]
+
+
+@dataclass(frozen=True)
+class ReadBenchConfig:
+    model: str = "default"
+    per_cell: int = 25  # photos per (length, spacing)
+    max_length: int = 8
+    seed: int = 7
+    peer: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.per_cell <= 10_000:
+            raise ConfigError(f"per_cell must be 1 to 10,000, got {self.per_cell}")
+        if not 1 <= self.max_length <= 12:
+            raise ConfigError(f"max_length must be 1 to 12, got {self.max_length}")
+        if self.peer is not None and self.peer not in PEERS:
+            raise ConfigError(f"unknown peer {self.peer!r}; choose one of: {', '.join(PEERS)}")
+        if self.peer == "tesseract" and shutil.which("tesseract") is None:
+            raise ConfigError(
+                "--peer tesseract: no `tesseract` on PATH (Debian: apt-get install tesseract-ocr)"
+            )
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def make_photos(data: TestSplit, cfg: ReadBenchConfig, folder: Path) -> list[dict[str, Any]]:
+    """The benchmark's photos, written into `folder`: [{"file", "text", "length", "spacing"}]."""
+    rng = np.random.default_rng(cfg.seed)
+    x, y = np.asarray(data.x_test), np.asarray(data.y_test)
+    cases = []
+    for spacing in SPACINGS:
+        for length in range(1, cfg.max_length + 1):
+            for _ in range(cfg.per_cell):
+                shot = photo(number(x, y, length, rng, spacing, hard=False), rng, spacing)
+                path = folder / f"{len(cases):05d}.{'jpg' if shot.format == 'JPEG' else 'png'}"
+                path.write_bytes(shot.data)
+                cases.append({"file": str(path), "text": shot.text, "length": length, "spacing": spacing})
+    return cases
+
+
+def tesseract_read(path: str) -> str:
+    out = subprocess.run(
+        ["tesseract", path, "stdout", *TESSERACT_ARGS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return "".join(ch for ch in out.stdout if ch.isdigit())
+
+
+def score(cases: list[dict[str, Any]], answers: list[str], seconds: list[float]) -> dict[str, Any]:
+    """Accuracy by length and spacing, digit error rate and timing for one reader's answers."""
+    right = [a == c["text"] for a, c in zip(answers, cases, strict=True)]
+    errors = sum(edit_distance(a, c["text"]) for a, c in zip(answers, cases, strict=True))
+    digits = sum(len(c["text"]) for c in cases)
+    by_spacing = {
+        s: float(np.mean([r for r, c in zip(right, cases, strict=True) if c["spacing"] == s]))
+        for s in SPACINGS
+    }
+    lengths = sorted({c["length"] for c in cases})
+    by_length = {
+        s: [
+            float(
+                np.mean(
+                    [r for r, c in zip(right, cases, strict=True) if c["spacing"] == s and c["length"] == n]
+                )
+            )
+            for n in lengths
+        ]
+        for s in SPACINGS
+    }
+    six = [t for t, c in zip(seconds, cases, strict=True) if c["length"] == 6]
+    return {
+        "accuracy": float(np.mean(right)),
+        "accuracy_by_spacing": by_spacing,
+        "accuracy_by_length": by_length,
+        "lengths": lengths,
+        "digit_error_rate": errors / max(1, digits),
+        "photos": len(cases),
+        "photos_per_s": round(len(cases) / sum(seconds), 1),
+        "ms_p50": ms(seconds, 50),
+        "ms_p99": ms(seconds, 99),
+        "six_digit_ms_p50": ms(six, 50) if six else None,
+        "six_digit_ms_p99": ms(six, 99) if six else None,
+    }
+
+
+def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
+    """Build the photos, read them with digitnet (and the peer); returns the JSON-able figures."""
+    reader = Reader.load(cfg.model, threads=cfg.threads)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="digitnet-bench-read-") as tmp:
+        cases = make_photos(data, cfg, Path(tmp))
+        reader.read_file(cases[0]["file"])  # warm-up: first-call allocations, not reading
+        answers, seconds = [], []
+        for case in cases:
+            t = time.perf_counter()
+            answers.append(reader.read(decode_image(case["file"])).number)  # decode → read, end to end
+            seconds.append(time.perf_counter() - t)
+        results["digitnet"] = score(cases, answers, seconds)
+        if cfg.peer == "tesseract":
+            answers, seconds = [], []
+            for case in cases:
+                t = time.perf_counter()
+                answers.append(tesseract_read(case["file"]))
+                seconds.append(time.perf_counter() - t)
+            results["tesseract"] = score(cases, answers, seconds)
+            version = subprocess.run(["tesseract", "--version"], capture_output=True, text=True, check=False)
+            results["tesseract"]["version"] = (version.stdout or version.stderr).splitlines()[0]
+    env = environment(cfg.threads)
+    return {
+        "config": asdict(cfg),
+        "reader": {"name": reader.name, "version": reader.version},
+        "results": results,
+        "environment": env,
+        "data": getattr(data, "source", ""),
+    }

@@ -1,0 +1,169 @@
+"""A number's text line, from ink to the reader's input and back: the geometry of reading.
+
+`clean_ink` removes what is ink but not writing (specks, dots, ruled lines, underlines) from an
+ink mask; `normalize_line` crops what is left and scales it to the reader's strip, 32 px tall with
+the text 28 px high, remembering how to map strip columns back to the input image (`Geometry`).
+CTC decoding (`best_path`), the probability of a whole string (`string_log_prob`, the CTC forward
+pass) and per-label frame spans live here too: pure NumPy, shared by training and inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from digitnet.models import READER_STRIDE
+
+STRIP_H, TEXT_H, PAD_X = 32, 28, 8  # strip height, text height inside it, blank columns each side
+MAX_STRIP_W = 2048  # a 12-digit number at 28 px is ~450 px; wider lines are scaled down to fit
+BLANK = 0  # CTC blank; label k (0-9 digits, 10 = not a digit) is class k + 1
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Strip column c ↔ input x = x0 + (c - PAD_X) / scale; strip row r ↔ y0 + (r - top) / scale."""
+
+    x0: int
+    y0: int
+    scale: float
+    top: int
+    width: int  # strip width in columns (a multiple of READER_STRIDE)
+
+    def to_input(self, c: float, r: float) -> tuple[float, float]:
+        return self.x0 + (c - PAD_X) / self.scale, self.y0 + (r - self.top) / self.scale
+
+
+def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    out = Image.fromarray(a.astype(np.float32, copy=False), "F").resize(size, Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def long_runs(mask: np.ndarray, length: int) -> np.ndarray:
+    """The pixels of `mask` (H, W) that lie in a horizontal run of at least `length` set pixels
+    (a binary opening by a 1 × length line, in O(H·W) whatever the length)."""
+    edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)  # +1 run start, -1 run end
+    starts, ends = np.argwhere(edges == 1), np.argwhere(edges == -1)  # both in row-major order
+    out = np.zeros_like(mask)
+    for (row, x0), x1 in zip(
+        starts[(ends[:, 1] - starts[:, 1]) >= length],
+        ends[(ends[:, 1] - starts[:, 1]) >= length, 1],
+        strict=True,
+    ):
+        out[row, x0:x1] = True
+    return out
+
+
+def _vertical_opening(mask: np.ndarray, length: int) -> np.ndarray:
+    """Pixels in a vertical run of at least `length` (strokes that go up and down, not lines)."""
+    h = mask.shape[0]
+    if h < length:
+        return np.zeros_like(mask)
+    core = np.ones((h - length + 1, mask.shape[1]), bool)
+    for k in range(length):  # erosion: every pixel of the window set
+        core &= mask[k : h - length + 1 + k]
+    out = np.zeros_like(mask)
+    for k in range(length):  # dilation back: the window's pixels
+        out[k : h - length + 1 + k] |= core
+    return out
+
+
+def clean_ink(mask: np.ndarray) -> np.ndarray:
+    """`mask` (H, W) bool without specks and dots (components much smaller than the writing) and
+    without long thin horizontal strokes (ruled lines, underlines), also where they cross a digit."""
+    if not mask.any():
+        return mask
+    rows = np.flatnonzero(mask.any(axis=1))
+    # Ruled lines: a horizontal run longer than the text is tall, where the stroke is thin.
+    height = rows[-1] - rows[0] + 1
+    run = max(8, int(1.5 * height), mask.shape[1] // 3)
+    if mask.shape[1] > run:
+        long = long_runs(mask, run)
+        if long.any():
+            mask = mask & ~(long & ~_vertical_opening(mask, 5))  # keep where a digit's stroke crosses
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    boxes = ndimage.find_objects(labels)
+    sizes = np.array([max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes])
+    tall = np.array([b[0].stop - b[0].start for b in boxes])
+    text_h = float(np.max(tall))  # the tallest component is writing
+    keep = np.flatnonzero(sizes >= 0.25 * text_h) + 1  # a dot is small both ways; a 5's bar is not
+    return np.isin(labels, keep)
+
+
+def normalize_line(ink: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.ndarray, Geometry] | None:
+    """Ink (H, W) float in [0, 1] (light on dark) → the reader's strip (32, W') float32 and its
+    Geometry; None when there is no ink. `keep` (a `clean_ink` mask) says which ink is writing:
+    the crop is its box and everything else (a removed line, a dot) is blanked, edges kept."""
+    box = ink > 0.1 if keep is None else keep
+    rows, cols = np.flatnonzero(box.any(axis=1)), np.flatnonzero(box.any(axis=0))
+    if rows.size == 0:
+        return None
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = ink[y0:y1, x0:x1]
+    if keep is not None:  # one pixel around the writing keeps its anti-aliased edges
+        crop = crop * ndimage.binary_dilation(keep[y0:y1, x0:x1], np.ones((3, 3), bool))
+    scale = TEXT_H / (y1 - y0)
+    if (x1 - x0) * scale > MAX_STRIP_W - 2 * PAD_X:
+        scale = (MAX_STRIP_W - 2 * PAD_X) / (x1 - x0)
+    h, w = max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale))
+    small = _resize(crop, (w, h))
+    peak = float(small.max())
+    if 0.0 < peak < 1.0:  # thin strokes fade when shrunk; keep the ink at full strength
+        small = small / peak
+    width = -(-(w + 2 * PAD_X) // READER_STRIDE) * READER_STRIDE
+    strip = np.zeros((STRIP_H, width), np.float32)
+    top = (STRIP_H - h) // 2
+    strip[top : top + h, PAD_X : PAD_X + w] = small
+    return strip, Geometry(x0, y0, scale, top, width)
+
+
+def best_path(log_probs: np.ndarray) -> tuple[list[int], list[tuple[int, int]]]:
+    """Greedy CTC decoding of (T, C) log-probabilities → labels (class - 1) and each label's frame
+    span [first, last] (consecutive frames of the same class are one label; blanks separate)."""
+    best = log_probs.argmax(axis=1)
+    labels: list[int] = []
+    spans: list[tuple[int, int]] = []
+    prev = BLANK
+    for t, c in enumerate(best):
+        c = int(c)
+        if c != BLANK and c == prev:
+            spans[-1] = (spans[-1][0], t)
+        elif c != BLANK:
+            labels.append(c - 1)
+            spans.append((t, t))
+        prev = c
+    return labels, spans
+
+
+def string_log_prob(log_probs: np.ndarray, labels: list[int]) -> float:
+    """log p(labels | x) under CTC: the forward algorithm over (T, C) log-probabilities, summing
+    every alignment of the label sequence (label k is class k + 1)."""
+    ext = [BLANK]
+    for k in labels:
+        ext += [k + 1, BLANK]  # blank, l1, blank, l2, …, blank
+    s = len(ext)
+    t_max = log_probs.shape[0]
+    alpha = np.full(s, -np.inf)
+    alpha[0] = log_probs[0, BLANK]
+    if s > 1:
+        alpha[1] = log_probs[0, ext[1]]
+    ext_arr = np.asarray(ext)
+    skip = np.zeros(s, bool)  # a transition may skip the blank between two different labels
+    skip[2:] = (ext_arr[2:] != BLANK) & (ext_arr[2:] != ext_arr[:-2])
+    for t in range(1, t_max):
+        prev = alpha
+        stay = prev
+        step = np.concatenate([[-np.inf], prev[:-1]])
+        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], prev[:-2]]), -np.inf)
+        alpha = np.logaddexp(np.logaddexp(stay, step), jump) + log_probs[t, ext_arr]
+    end = alpha[-1] if s == 1 else np.logaddexp(alpha[-1], alpha[-2])
+    return float(end)
+
+
+def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = logits - logits.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))

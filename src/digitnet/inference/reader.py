@@ -1,0 +1,220 @@
+"""Reading a whole handwritten number: image → digit string, with a box and a confidence per digit.
+
+One path, for every door (CLI `read`, `digitnet.read_number`, `DigitClassifier.read_number`,
+`POST /v1/read`, the page): the same decoding and limits as single digits (`preprocess`), the ink
+found the same way (`find_ink`), cleaned of what is not writing (`lines.clean_ink`: specks, dots,
+ruled lines, underlines), normalised to a 32-px strip (`lines.normalize_line`), read by the
+`reader` network (CTC over the line, `models.NumberReader`) and decoded best-path. Glyphs the
+reader calls "not a digit" (a letter, a currency sign, a dash) are reported as marks, never as
+digits. Boxes are in the input image's pixel coordinates.
+
+`confidence` is the calibrated probability that the whole string is right: the CTC probability of
+the decoded string (all its alignments) with the temperature fitted on validation numbers;
+`unsure` when it falls under the threshold chosen there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from digitnet.checkpoint import PRETRAINED_DIR, checkpoint_version, load_checkpoint
+from digitnet.data.synth import OTHER
+from digitnet.errors import ConfigError, ModelError
+from digitnet.inference.lines import (
+    Geometry,
+    best_path,
+    clean_ink,
+    log_softmax,
+    normalize_line,
+    string_log_prob,
+)
+from digitnet.inference.preprocess import decode_image, find_ink, fit_field, work_gray
+from digitnet.models import READER_STRIDE
+
+READ_MAX_SIDE = 1280  # larger photos are box-downscaled first: a 12-digit line still gets ~100 px a digit
+DEFAULT_READER = "reader"  # pretrained/reader.pt: the bundled reader
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ReadDigit:
+    digit: int
+    confidence: float  # the reader's probability of this digit at its frames
+    box: Box  # (x0, y0, x1, y1) in the input image's pixels
+    image: np.ndarray  # (28, 28) float32: this digit as MNIST would show it (what the model saw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digit": self.digit, "confidence": round(self.confidence, 6), "box": list(self.box)}
+
+
+@dataclass(frozen=True)
+class NumberReading:
+    number: str  # the digits, left to right ("" when the image holds none)
+    confidence: float  # calibrated probability that `number` is exactly right
+    unsure: bool
+    digits: list[ReadDigit]
+    marks: list[Box]  # ink the reader saw as glyphs that are not digits
+    strip: np.ndarray  # (32, W) float32: the line as the reader saw it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "confidence": round(self.confidence, 6),
+            "unsure": self.unsure,
+            "digits": [d.to_dict() for d in self.digits],
+            "marks": [list(b) for b in self.marks],
+        }
+
+
+EMPTY = NumberReading("", 1.0, False, [], [], np.zeros((32, 0), np.float32))
+
+
+def calibrated(
+    logits: np.ndarray, temperature: float
+) -> tuple[list[int], list[tuple[int, int]], np.ndarray, float]:
+    """(labels, frame spans, log-probs (T, 12), log p(labels)) for one line's logits (12, T)."""
+    lp = log_softmax(logits.T.astype(np.float64) / temperature, axis=1)  # (T, 12)
+    labels, spans = best_path(lp)
+    return labels, spans, lp, string_log_prob(lp, labels)
+
+
+class Reader:
+    """Reads numbers with a `reader` run folder, model file, or the bundled one ("default")."""
+
+    def __init__(
+        self,
+        *,
+        run_logits: Callable[[np.ndarray], np.ndarray],
+        name: str,
+        version: str,
+        temperature: float,
+        unsure_threshold: float,
+        backend: str,
+        source: str = "",
+    ) -> None:
+        self._run_logits = run_logits  # (1, 1, 32, W) float32 → (1, 12, W/4)
+        self.name, self.version, self.backend, self.source = name, version, backend, source
+        self.temperature, self.unsure_threshold = float(temperature), float(unsure_threshold)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ModelError(f"reader {name!r}: temperature must be a positive number, got {temperature}")
+
+    @classmethod
+    def from_module(
+        cls,
+        net: nn.Module,
+        *,
+        temperature: float = 1.0,
+        unsure_threshold: float = 0.0,
+        name: str = "reader",
+        version: str = "in-memory",
+    ) -> Reader:
+        net = net.eval()
+
+        def run_logits(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return net(torch.from_numpy(x)).float().numpy()
+
+        return cls(
+            run_logits=run_logits,
+            name=name,
+            version=version,
+            temperature=temperature,
+            unsure_threshold=unsure_threshold,
+            backend="torch",
+        )
+
+    @classmethod
+    def load(cls, model: str | Path = "default", backend: str = "auto", threads: int | None = None) -> Reader:
+        """`model`: "default" (the bundled reader), a `reader` run folder or its model.pt."""
+        if backend not in ("auto", "torch"):
+            raise ConfigError(f"the reader runs with backend 'torch' or 'auto', got {backend!r}")
+        if threads is not None:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
+        loaded = load_checkpoint(
+            PRETRAINED_DIR / f"{DEFAULT_READER}.pt" if str(model) == "default" else model
+        )
+        if loaded.name != "reader":
+            raise ModelError(
+                f"{loaded.path}: a {loaded.name!r} model reads one digit, not numbers: "
+                "give a `reader` run (digitnet train --model reader)"
+            )
+        reader = cls.from_module(
+            loaded.model,
+            temperature=loaded.temperature,
+            unsure_threshold=loaded.unsure_threshold,
+            name=loaded.name,
+            version=checkpoint_version(loaded),
+        )
+        reader.source = str(loaded.path)
+        return reader
+
+    def read_file(self, path: str | Path) -> NumberReading:
+        return self.read(decode_image(path))
+
+    def read(self, img: Image.Image | np.ndarray) -> NumberReading:
+        """One image (PIL, or an (H, W) / (H, W, 3|4) array, any size within the decode limits)."""
+        size = img.size if isinstance(img, Image.Image) else (img.shape[1], img.shape[0])
+        gray = work_gray(img, READ_MAX_SIDE)
+        to_input = size[0] / gray.shape[1]  # work_gray may have shrunk it
+        ink = find_ink(gray)
+        if ink.blank:
+            return EMPTY
+        keep = clean_ink(ink.mask)
+        line = normalize_line(ink.image, keep)
+        if line is None:
+            return EMPTY
+        strip, geom = line
+        logits = self._run_logits(strip[None, None])[0]  # (12, T)
+        labels, spans, lp, log_p = calibrated(logits, self.temperature)
+        boxes = _boxes(strip, geom, spans, to_input, size)
+        digits, marks = [], []
+        for label, (t0, t1), (box, crop) in zip(labels, spans, boxes, strict=True):
+            if label == OTHER:
+                marks.append(box)
+                continue
+            conf = float(np.exp(lp[t0 : t1 + 1, label + 1].max()))
+            fitted = fit_field(crop, crop > 0.1) if crop.size and crop.max() > 0.1 else None
+            digits.append(
+                ReadDigit(label, conf, box, fitted[0] if fitted else np.zeros((28, 28), np.float32))
+            )
+        confidence = float(np.exp(log_p))
+        number = "".join(str(d.digit) for d in digits)
+        unsure = bool(digits) and confidence < self.unsure_threshold
+        return NumberReading(number, confidence, unsure, digits, marks, strip)
+
+
+def _boxes(
+    strip: np.ndarray, geom: Geometry, spans: list[tuple[int, int]], to_input: float, size: tuple[int, int]
+) -> list[tuple[Box, np.ndarray]]:
+    """Each label's ink: the strip's columns nearest its frames (cuts halfway between neighbouring
+    labels), its box mapped to input pixels, and the strip crop (what it looked like)."""
+    centres = [((a + b) / 2 + 0.5) * READER_STRIDE for a, b in spans]
+    cuts = [0.0] + [(a + b) / 2 for a, b in itertools.pairwise(centres)] + [float(strip.shape[1])]
+    out = []
+    for i in range(len(spans)):
+        c0, c1 = round(cuts[i]), round(cuts[i + 1])
+        part = strip[:, c0:c1]
+        ink_rows, ink_cols = np.flatnonzero(part.max(axis=1) > 0.1), np.flatnonzero(part.max(axis=0) > 0.1)
+        if ink_rows.size == 0:  # a label with no ink under it: its frames' columns
+            ink_rows, ink_cols = np.arange(strip.shape[0]), np.arange(part.shape[1])
+        r0, r1 = int(ink_rows[0]), int(ink_rows[-1]) + 1
+        x0, x1 = c0 + int(ink_cols[0]), c0 + int(ink_cols[-1]) + 1
+        (ax, ay), (bx, by) = geom.to_input(x0, r0), geom.to_input(x1, r1)
+        box = (
+            max(0, int(ax * to_input)),
+            max(0, int(ay * to_input)),
+            min(size[0], math.ceil(bx * to_input)),
+            min(size[1], math.ceil(by * to_input)),
+        )
+        out.append((box, strip[r0:r1, x0:x1]))
+    return out

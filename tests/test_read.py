@@ -1,0 +1,230 @@
+"""Reading whole numbers: the bundled reader on numbers composed from real MNIST *test* digits,
+and every door (Python, CLI, REST) with the same inputs and the same errors as `predict`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from digitnet.data.glyphs import HELD_OUT_FONTS, font_files, render
+from digitnet.data.synth import SPACINGS, compose, number, photo
+from digitnet.inference.reader import Reader
+
+FLOORS = {"spaced": 0.9, "tight": 0.85, "touching": 0.75}  # whole numbers of 2-6 digits, 40 photos each
+
+
+@pytest.fixture(scope="module")
+def reader() -> Reader:
+    return Reader.load("default")
+
+
+def photo_image(shot) -> Image.Image:
+    with Image.open(io.BytesIO(shot.data)) as img:
+        return img.convert("L")
+
+
+def on_paper(ink: np.ndarray, scale: int = 3, border: int = 30) -> Image.Image:
+    """A composite (light on dark, MNIST scale) as dark ink on white paper, `scale`× larger."""
+    img = Image.fromarray(255 - ink).resize(
+        (ink.shape[1] * scale, ink.shape[0] * scale), Image.Resampling.BICUBIC
+    )
+    page = Image.new("L", (img.width + 2 * border, img.height + 2 * border), 255)
+    page.paste(img, (border, border))
+    return page
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_each_spacing_is_read_at_a_rate_that_proves_it(mnist, reader, spacing):
+    rng = np.random.default_rng({"spaced": 1, "tight": 2, "touching": 3}[spacing])
+    right = 0
+    for i in range(40):
+        shot = photo(number(mnist.x_test, mnist.y_test, 2 + i % 5, rng, spacing, hard=False), rng, spacing)
+        right += reader.read(photo_image(shot)).number == shot.text
+    assert right / 40 >= FLOORS[spacing], (spacing, right)
+
+
+def test_boxes_are_in_input_pixels_and_cover_their_digits(mnist, reader):
+    rng = np.random.default_rng(5)
+    hits = total = 0
+    for _ in range(10):
+        comp = number(mnist.x_test, mnist.y_test, 4, rng, "spaced", hard=False)
+        reading = reader.read(on_paper(comp.image))
+        if reading.number != "".join(map(str, comp.labels)):
+            continue
+        for d, (x0, y0, x1, y1) in zip(reading.digits, comp.boxes, strict=True):
+            bx0, by0, bx1, by1 = d.box
+            truth = [30 + 3 * x0, 30 + 3 * y0, 30 + 3 * x1, 30 + 3 * y1]  # on_paper's scale and border
+            ix = max(0, min(bx1, truth[2]) - max(bx0, truth[0]))
+            iy = max(0, min(by1, truth[3]) - max(by0, truth[1]))
+            union = (bx1 - bx0) * (by1 - by0) + (truth[2] - truth[0]) * (truth[3] - truth[1]) - ix * iy
+            hits += ix * iy / union >= 0.5
+            total += 1
+            assert d.image.shape == (28, 28) and d.image.max() > 0.5  # what the model saw for it
+    assert total >= 24 and hits / total >= 0.9, (hits, total)
+
+
+def test_lines_dots_and_blank_paper_are_not_digits(reader):
+    blank = Image.new("L", (400, 120), 235)
+    ruled = blank.copy()
+    ImageDraw.Draw(ruled).line([(10, 60), (390, 62)], fill=30, width=4)
+    dot = blank.copy()
+    ImageDraw.Draw(dot).ellipse([195, 55, 203, 63], fill=20)
+    for img in (blank, ruled, dot):
+        reading = reader.read(img)
+        assert reading.number == "" and reading.digits == [], reading.to_dict()
+
+
+def test_an_underline_and_specks_beside_digits_do_not_become_digits(mnist, reader):
+    rng = np.random.default_rng(11)
+    kept = 0
+    for _ in range(10):
+        comp = number(mnist.x_test, mnist.y_test, 3, rng, "spaced", hard=False)
+        page = on_paper(comp.image)
+        draw = ImageDraw.Draw(page)
+        draw.line([(20, page.height - 32), (page.width - 20, page.height - 30)], fill=0, width=4)  # underline
+        draw.ellipse([5, 5, 10, 10], fill=0)  # a speck in the corner
+        kept += reader.read(page).number == "".join(map(str, comp.labels))
+    assert kept >= 8, kept
+
+
+def test_glyphs_that_are_not_digits_are_marks_not_digits(mnist, reader):
+    """Letters, a currency sign and a dash (in fonts the reader never saw) beside digits."""
+    fonts = font_files(HELD_OUT_FONTS)
+    rng = np.random.default_rng(3)
+    right = 0
+    for i, char in enumerate("AKW$€£-+#?"):
+        digits = [int(v) for v in rng.integers(0, 10, 3)]
+        glyphs = [mnist.x_test[int(rng.choice(np.flatnonzero(mnist.y_test == d)))] for d in digits]
+        glyphs.insert(i % 4, render(char, fonts[i % len(fonts)], rng))
+        labels = [*digits]
+        labels.insert(i % 4, 10)
+        reading = reader.read(on_paper(compose(glyphs, labels, rng, "spaced", hard=False).image))
+        right += reading.number == "".join(map(str, digits))
+    assert right >= 8, right
+
+
+def test_read_number_and_digitclassifier_doors(tmp_path, mnist):
+    import digitnet
+    from digitnet import DigitClassifier
+
+    rng = np.random.default_rng(0)
+    comp = number(mnist.x_test, mnist.y_test, 3, rng, "spaced", hard=False)
+    page = on_paper(comp.image)
+    page.save(tmp_path / "n.png")
+    by_path = digitnet.read_number(tmp_path / "n.png")
+    assert (
+        by_path.to_dict()
+        == digitnet.read_number(page).to_dict()
+        == digitnet.read_number((tmp_path / "n.png").read_bytes()).to_dict()
+    )
+    assert by_path.number.isdigit() and len(by_path.digits) == len(by_path.number)
+    clf = DigitClassifier.load("default")
+    assert clf.read_number(page).to_dict() == by_path.to_dict()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "digitnet", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_cli_read_json_table_annotate_and_errors(tmp_path, mnist):
+    rng = np.random.default_rng(21)
+    comp = number(mnist.x_test, mnist.y_test, 4, rng, "tight", hard=False)
+    on_paper(comp.image).save(tmp_path / "num.png")
+    Image.new("L", (200, 80), 250).save(tmp_path / "blank.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    res = cli(
+        "read",
+        "--json",
+        "--annotate",
+        str(tmp_path / "ann"),
+        str(tmp_path / "num.png"),
+        str(tmp_path / "blank.png"),
+        str(tmp_path / "bad.png"),
+        str(tmp_path / "missing.png"),
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    rows = {os.path.basename(r["file"]): r for r in json.loads(res.stdout)}
+    num, blank = rows["num.png"], rows["blank.png"]
+    assert set(num) == {"file", "number", "confidence", "unsure", "digits", "marks"}
+    assert num["number"].isdigit() and [set(d) for d in num["digits"]] == [
+        {"digit", "confidence", "box"}
+    ] * len(num["number"])
+    assert blank["number"] == "" and blank["digits"] == []
+    assert (
+        "not a recognised image" in rows["bad.png"]["error"]
+        and "no such file" in rows["missing.png"]["error"]
+    )
+    assert res.stderr.strip().splitlines()[-1] == "error: 2 of 4 inputs could not be read; 2 read"
+    with Image.open(tmp_path / "ann" / "num.read.png") as ann:
+        assert ann.size == Image.open(tmp_path / "num.png").size
+    table = cli("read", str(tmp_path / "num.png"))
+    assert table.returncode == 0 and num["number"] in table.stdout
+
+
+def read_client():
+    from fastapi.testclient import TestClient
+
+    from digitnet.serve import create_app
+
+    return TestClient(create_app("default"))
+
+
+def test_rest_read_takes_the_same_inputs_and_gives_the_same_errors(mnist):
+    rng = np.random.default_rng(8)
+    comp = number(mnist.x_test, mnist.y_test, 5, rng, "spaced", hard=False)
+    page = on_paper(comp.image)
+    buf = io.BytesIO()
+    page.save(buf, "PNG")
+    png = buf.getvalue()
+    with read_client() as client:
+        by_file = client.post("/v1/read", files={"file": ("n.png", png, "image/png")})
+        assert by_file.status_code == 200, by_file.text
+        body = by_file.json()
+        assert set(body) == {"number", "confidence", "unsure", "digits", "marks", "model"}
+        assert len(body["digits"]) == len(body["number"]) and np.asarray(
+            body["digits"][0]["image"]
+        ).shape == (28, 28)
+        by_b64 = client.post("/v1/read", json={"image_base64": base64.b64encode(png).decode()}).json()
+        by_px = client.post("/v1/read", json={"pixels": np.asarray(page).tolist()}).json()
+        assert by_b64["number"] == body["number"] == by_px["number"]
+        for payload, status in (
+            ({"pixels": [[1, 2], [3]]}, 422),
+            ({"pixels": [[0.5] * 3] * 2, "scale": "0-1", "image_base64": "AA=="}, 422),
+            ({}, 422),
+            ({"pixels": [[300, 0]]}, 422),
+            ({"pixels": "x"}, 422),
+        ):
+            r = client.post("/v1/read", json=payload)
+            assert r.status_code == status and set(r.json()) == {"error"}, (payload, r.text)
+        r = client.post(
+            "/v1/read", content=b'{"pixels": [[NaN, 1]]}', headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 422
+        tiff = io.BytesIO()
+        page.save(tiff, "TIFF")
+        assert (
+            client.post("/v1/read", files={"file": ("n.tif", tiff.getvalue(), "image/tiff")}).status_code
+            == 415
+        )
+        assert client.post("/v1/read", files={"file": ("x.png", b"garbage", "image/png")}).status_code == 422
+        assert (
+            client.post(
+                "/v1/read", content=b"x" * (5 << 20), headers={"content-type": "application/json"}
+            ).status_code
+            == 413
+        )
+        assert "/v1/read" in client.get("/openapi.json").json()["paths"]
