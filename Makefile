@@ -8,7 +8,7 @@ STAMP := $(VENV)/.digitnet-installed
 DIGITNET_DATA ?= $(if $(wildcard ../shared/mnist),$(abspath ../shared/mnist),)
 export DIGITNET_DATA
 
-.PHONY: demo test test-fast lint venv browser clean
+.PHONY: demo test test-fast lint venv system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,18 +19,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian's chromium for the browser test (never a downloaded browser build).
-browser:
-	@command -v /usr/bin/chromium >/dev/null 2>&1 || { \
+# Debian's packages the tests use: chromium for the browser test (never a downloaded browser
+# build), tesseract-ocr as the peer in `bench read`, and the DejaVu/Liberation/Noto fonts the
+# glyphs that are not digits are drawn with.
+FONTS := fonts-dejavu-core fonts-liberation fonts-noto-core
+SYSTEM_PACKAGES ?= chromium tesseract-ocr $(FONTS)
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: /usr/bin/chromium missing; install Debian's chromium to run the browser test"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing Debian packages:$$missing (install them to run every test)"; fi; fi
 
 demo: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$(FONTS)"
 	$(BIN)/python -m digitnet demo
 
 # The full suite (what CI runs): lint, then every test, real-data training and the browser included.
-test: lint browser
+test: lint system-deps
 	$(BIN)/python -m pytest -q --durations=15
 
 # The quick lane: no test marked slow (real training) or browser; under a minute on 2 cores.

@@ -51,6 +51,25 @@ def test_each_spacing_is_read_at_a_rate_that_proves_it(mnist, reader, spacing):
     assert right / 40 >= FLOORS[spacing], (spacing, right)
 
 
+def test_twelve_digits_and_broken_strokes(mnist, reader):
+    """Long numbers (12 digits) and digits drawn in two strokes (a band erased across each)."""
+    rng = np.random.default_rng(12)
+    long_right = 0
+    for _ in range(10):
+        comp = number(mnist.x_test, mnist.y_test, 12, rng, "spaced", hard=False)
+        long_right += reader.read(on_paper(comp.image)).number == "".join(map(str, comp.labels))
+    broken_right = 0
+    for _ in range(10):
+        idx = rng.integers(0, len(mnist.x_test), 3)
+        glyphs = [mnist.x_test[i].copy() for i in idx]
+        glyphs[1][12:14] = 0  # the middle digit in two pieces
+        labels = [int(mnist.y_test[i]) for i in idx]
+        broken_right += reader.read(
+            on_paper(compose(glyphs, labels, rng, "spaced", hard=False).image)
+        ).number == ("".join(map(str, labels)))
+    assert long_right >= 7 and broken_right >= 7, (long_right, broken_right)
+
+
 def test_boxes_are_in_input_pixels_and_cover_their_digits(mnist, reader):
     rng = np.random.default_rng(5)
     hits = total = 0

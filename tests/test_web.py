@@ -226,3 +226,41 @@ def test_a_drawn_number_reads_as_a_number(server, browser, tmp_path):
     assert page.locator("#reading").is_hidden() and page.locator("#result").is_visible()
     assert not errors, errors
     page.close()
+
+
+def test_a_scribble_is_not_a_digit_on_the_page(server, browser):
+    """A zig-zag scribble gets "That does not look like a digit"; a blank photo is "No digit found"."""
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    page.goto(server + "/")
+    stroke(
+        page,
+        [
+            (0.15, 0.2),
+            (0.85, 0.3),
+            (0.2, 0.45),
+            (0.8, 0.55),
+            (0.15, 0.7),
+            (0.85, 0.8),
+            (0.3, 0.25),
+            (0.6, 0.85),
+        ],
+    )
+    page.wait_for_function(
+        "() => { const r = document.querySelector('#result');"
+        " return r.dataset.state === 'notdigit' && r.getAttribute('aria-busy') === 'false'; }",
+        timeout=15000,
+    )
+    assert page.locator("#confidence").inner_text() == "That does not look like a digit"
+    assert page.locator("#digit").inner_text().strip() == "?"
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (200, 200), 245).save(buf, "PNG")
+    page.set_input_files(
+        "#upload", files=[{"name": "blank.png", "mimeType": "image/png", "buffer": buf.getvalue()}]
+    )
+    page.wait_for_function(
+        "() => document.querySelector('#confidence').textContent.startsWith('No digit found')", timeout=10000
+    )
+    assert page.locator("#result").get_attribute("data-state") == "empty"
+    page.close()

@@ -222,6 +222,8 @@ class DigitClassifier:
     def predictor(self) -> Predictor:
         """A `digitnet.inference.Predictor` over the fitted model: the one path every prediction takes."""
         self._check_fitted()
+        if self.config_["model"] == "reader":
+            raise ValueError("a reader reads whole numbers, not one 28×28 digit: use read_number(image)")
         return Predictor.from_module(
             self.model_,
             name=self.config_["model"],

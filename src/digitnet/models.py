@@ -179,15 +179,19 @@ class NumberReader(nn.Module):
     (`inference.reader.normalize_line`), → per-frame logits (B, 12, W/4) for CTC.
 
     Convolutions only: two pooled blocks take the strip to 8 × W/4, a third pools height to 4, a
-    (4, 1) convolution collapses it, and dilated 1-D convolutions along the line give each frame
-    about a digit of context on each side (receptive field ~75 px at a 28 px text height, where
-    a digit is ~20 px wide).
+    (4, 1) convolution collapses it, and 1-D convolutions along the line, dilated by `dilations`,
+    give each frame context on each side (with (1, 2, 4, 8): 31 frames, ~140 px at a 28 px text
+    height, where a digit is ~20 px wide: enough to untangle strokes that cross into a neighbour).
     """
 
     input_size = (1, 32, 160)  # (C, H, W) of a typical input: what the precision probe times
 
     def __init__(
-        self, channels: list | tuple = (32, 48, 96), hidden: int = 128, dropout: float = 0.1
+        self,
+        channels: list | tuple = (32, 48, 96),
+        hidden: int = 128,
+        dropout: float = 0.1,
+        dilations: list | tuple = (1, 2, 4),
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels
@@ -209,16 +213,15 @@ class NumberReader(nn.Module):
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),  # (B, h, 1, W/4)
         )
+        context: list[nn.Module] = []
+        for d in dilations:
+            context += [
+                nn.Conv1d(hidden, hidden, 3, padding=d, dilation=d, bias=False),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(inplace=True),
+            ]
         self.context = nn.Sequential(
-            nn.Conv1d(hidden, hidden, 3, padding=1, bias=False),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv1d(hidden, hidden, 3, padding=2, dilation=2, bias=False),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv1d(hidden, hidden, 3, padding=4, dilation=4, bias=False),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
+            *context,
             nn.Dropout(dropout),
         )
         self.head = nn.Conv1d(hidden, READER_CLASSES, 1)
@@ -226,6 +229,39 @@ class NumberReader(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x).squeeze(2)  # (B, hidden, W/4)
         return self.head(self.context(f))  # (B, 12, W/4)
+
+
+class Screened(nn.Module):
+    """A digit classifier screened by a detector trained with outlier exposure, as one model.
+
+    logits = classifier(x) · d(x)^power, d = the detector's top calibrated probability. Scaling by a
+    positive factor never changes the argmax, so the digit is the classifier's and so is its
+    accuracy; but on what is not a digit the detector spreads its belief over all ten classes
+    (d ≈ 0.1–0.3), the logits shrink and the confidence falls below the not-a-digit threshold.
+    `classifier`, `detector`: {"model": registry name, "kwargs": {...}, "temperature": float}.
+    """
+
+    def __init__(
+        self,
+        classifier: dict[str, Any] | None = None,
+        detector: dict[str, Any] | None = None,
+        power: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if classifier is None or detector is None:
+            raise ConfigError("a screened model needs a classifier run and a detector run")
+        self.classifier, self.detector = (
+            build_model(m["model"], **saved_network_kwargs(m["model"], m.get("kwargs", {})))
+            for m in (classifier, detector)
+        )
+        self.power = float(power)
+        self.detector_temperature: torch.Tensor
+        self.register_buffer("detector_temperature", torch.tensor(float(detector.get("temperature", 1.0))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.classifier(x).float()  # (B, 10)
+        belief = torch.softmax(self.detector(x).float() / self.detector_temperature, 1).amax(1)  # (B,)
+        return z * belief.pow(self.power).unsqueeze(1)
 
 
 class Ensemble(nn.Module):
@@ -270,6 +306,7 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides on TrainConfig's defaults
     task: str = "digits"  # what it learns: "digits" (one 28×28 digit) or "numbers" (a text line, CTC)
+    trainable: bool = True  # False: a composite of trained runs (digitnet ensemble / screen)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -323,7 +360,13 @@ MODELS: dict[str, ModelSpec] = {
         recipe=dict(epochs=20, lr=0.3, augment=1.0, precision="bf16", ema=0.998),
     ),
     "ensemble": ModelSpec(
-        "ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)"
+        "ensemble", Ensemble, "average of saved runs' probabilities (digitnet ensemble RUN…)", trainable=False
+    ),
+    "screened": ModelSpec(
+        "screened",
+        Screened,
+        "a classifier run screened by an outlier-exposure run (digitnet screen): the bundled default",
+        trainable=False,
     ),
     "reader": ModelSpec(
         "reader",
@@ -331,6 +374,8 @@ MODELS: dict[str, ModelSpec] = {
         "whole handwritten numbers: conv CTC over a text line, trained on composed MNIST",
         # An epoch is `epoch_size` freshly composed numbers (1-10 digits, every spacing); the
         # schedule and EMA are the digit models'.
+        # The class defaults are the first reader's (checkpoints that never name `dilations`).
+        kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8]),
         recipe=dict(
             epochs=24,
             batch_size=64,

@@ -68,7 +68,7 @@ def make_photos(data: TestSplit, cfg: ReadBenchConfig, folder: Path) -> list[dic
     """The benchmark's photos, written into `folder`: [{"file", "text", "length", "spacing"}]."""
     rng = np.random.default_rng(cfg.seed)
     x, y = np.asarray(data.x_test), np.asarray(data.y_test)
-    cases = []
+    cases: list[dict[str, Any]] = []
     for spacing in SPACINGS:
         for length in range(1, cfg.max_length + 1):
             for _ in range(cfg.per_cell):

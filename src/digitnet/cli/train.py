@@ -120,7 +120,7 @@ def models_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
     from digitnet.models import MODELS, build_model, count_parameters
     from digitnet.training.config import TrainConfig
 
-    configs = {name: TrainConfig.for_model(name) for name in MODELS if name != "ensemble"}
+    configs = {name: TrainConfig.for_model(name) for name, spec in MODELS.items() if spec.trainable}
     rows: list[dict[str, Any]] = [
         {
             "name": name,
@@ -160,6 +160,30 @@ def ensemble_cmd(
     console.print(
         f"ensemble of {len(runs)}: test accuracy [bold]{metrics['test_accuracy']:.2%}[/] "
         f"({metrics['test_errors']} errors) → {out}"
+    )
+
+
+def screen_cmd(
+    classifier: Annotated[Path, typer.Argument(help="Run whose digits are given (any digit model).")],
+    detector: Annotated[
+        Path, typer.Argument(help="Run trained with outlier exposure (--set outlier_exposure=…).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the screened model.")] = Path(
+        "runs/screened"
+    ),
+    data_dir: DataDir = None,
+    dataset: Dataset = "mnist",
+    offline: Offline = False,
+    no_verify: NoVerify = False,
+) -> None:
+    """One model: the classifier's digits, its confidence tempered by the detector (knows non-digits)."""
+    from digitnet.training.ensemble import build_screened
+
+    data = load_data(dataset, data_dir, offline, no_verify)
+    metrics = build_screened(classifier, detector, out, data)
+    console.print(
+        f"screened: test accuracy [bold]{metrics['test_accuracy']:.2%}[/] ({metrics['test_errors']} "
+        f"errors), not a digit below {metrics['not_digit_threshold']:.3f} → {out}"
     )
 
 
@@ -241,4 +265,5 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("models")(models_cmd)
     app.command("ensemble")(ensemble_cmd)
+    app.command("screen")(screen_cmd)
     app.command("demo")(demo_cmd)

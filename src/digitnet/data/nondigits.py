@@ -1,11 +1,12 @@
 """Images that hold no digit, by kind: what "not a digit" is trained and measured on.
 
 Each kind draws dark ink on light paper at photo scale (`draw`): scribbles, filled blobs,
-hatching, broken strokes, letters and symbols (DejaVu fonts) for training; grids, polygon outlines
-(squares, triangles, stars), speckle clouds and letters/symbols in other fonts (Liberation, Noto)
-are held out whole, so a detector is measured on kinds it never saw. Training turns them into
-MNIST's form with the very `preprocess` a photo goes through. Shapes that are digits by another
-name (a ring is a 0, one straight stroke a 1) are never drawn. Pure NumPy and Pillow.
+hatching, broken strokes, polygon outlines (triangles, squares, pentagons), letters and symbols
+(DejaVu fonts) for training; grids, stars, zigzags, speckle clouds and letters/symbols in other
+fonts (Liberation, Noto) are held out whole, so a detector is measured on kinds it never saw.
+Training turns them into MNIST's form with the very `preprocess` a photo goes through. Shapes
+that are digits by another name (a ring is a 0, one straight stroke a 1) are never drawn.
+Pure NumPy and Pillow.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from digitnet.data.glyphs import HELD_OUT_FONTS, LETTERS, STANDALONE_SYMBOLS, TRAIN_FONTS, font_files, render
 
-TRAIN_KINDS = ("scribble", "blob", "hatching", "broken", "letter", "symbol")
-HELD_OUT_KINDS = ("grid", "outline", "speckle", "letter-other-font", "symbol-other-font")
+TRAIN_KINDS = ("scribble", "blob", "hatching", "broken", "polygon", "letter", "symbol")
+HELD_OUT_KINDS = ("grid", "star", "zigzag", "speckle", "letter-other-font", "symbol-other-font")
 KINDS = TRAIN_KINDS + HELD_OUT_KINDS
 SIZE = 160  # drawing canvas, px
 
@@ -60,11 +61,27 @@ def _grid(d: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
         d.line([(t, 20), (t + rng.uniform(-6, 6), SIZE - 20)], fill=0, width=w)
 
 
-def _outline(d: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
-    """A square, a triangle or a star: corners, never a smooth ring (that would be a 0)."""
+def _polygon(d: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    """A triangle, square or pentagon outline: corners, never a smooth ring (that would be a 0)."""
+    _outline(d, rng, star=False)
+
+
+def _star(d: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    _outline(d, rng, star=True)
+
+
+def _zigzag(d: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    """A sawtooth line across the page, four to eight teeth."""
+    teeth, y, amp = int(rng.integers(4, 9)), rng.uniform(50, SIZE - 50), rng.uniform(15, 40)
+    xs = np.linspace(15, SIZE - 15, 2 * teeth + 1)
+    d.line(
+        [(x, y + (amp if i % 2 else -amp)) for i, x in enumerate(xs)], fill=0, width=int(rng.integers(4, 8))
+    )
+
+
+def _outline(d: ImageDraw.ImageDraw, rng: np.random.Generator, *, star: bool) -> None:
     c, r = np.array([SIZE / 2, SIZE / 2]) + rng.uniform(-15, 15, 2), rng.uniform(40, 65)
     corners = int(rng.choice([3, 4, 5]))
-    star = rng.random() < 0.4
     pts = []
     for i in range(corners * (2 if star else 1)):
         a = rng.uniform(0, 0.3) + 2 * np.pi * i / (corners * (2 if star else 1))
@@ -84,8 +101,10 @@ _DRAWN = {
     "blob": _blob,
     "hatching": _hatching,
     "broken": _broken,
+    "polygon": _polygon,
     "grid": _grid,
-    "outline": _outline,
+    "star": _star,
+    "zigzag": _zigzag,
     "speckle": _speckle,
 }
 _GLYPHS = {

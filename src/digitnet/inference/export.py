@@ -27,7 +27,7 @@ from digitnet.checkpoint import (
 )
 from digitnet.errors import ModelError
 from digitnet.inference.folding import fold_for_inference
-from digitnet.models import views_per_image
+from digitnet.models import get_spec, views_per_image
 from digitnet.utils import atomic_write_bytes, first_line
 
 OPSET = 18
@@ -47,7 +47,11 @@ MAX_VIEWS = 25  # test-time augmentation copies per image: tta=2 at most (models
 
 
 def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
-    """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel`."""
+    """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel` of a digit model."""
+    if get_spec(loaded.name).task != "digits":
+        raise ModelError(
+            f"{loaded.name!r} reads whole numbers and runs on torch; only digit models export to ONNX"
+        )
     model = fold_for_inference(loaded.model.float().eval())  # BN folded: ORT fuses Conv+ReLU
     example = torch.zeros(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)

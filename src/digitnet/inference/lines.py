@@ -90,8 +90,13 @@ def clean_ink(mask: np.ndarray) -> np.ndarray:
     sizes = np.array([max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes])
     tall = np.array([b[0].stop - b[0].start for b in boxes])
     text_h = float(np.max(tall))  # the tallest component is writing
-    keep = np.flatnonzero(sizes >= 0.25 * text_h) + 1  # a dot is small both ways; a 5's bar is not
-    return np.isin(labels, keep)
+    keep = sizes >= 0.25 * text_h  # a dot is small both ways; a 5's bar is not
+    # A dot alone on a page (nothing else to compare it with): small against the page, round, filled.
+    wide = np.array([b[1].stop - b[1].start for b in boxes])
+    area = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
+    round_ = np.maximum(tall, wide) < 2 * np.minimum(tall, wide)
+    keep &= ~((sizes < 0.1 * min(mask.shape)) & round_ & (area > 0.5 * tall * wide))
+    return np.isin(labels, np.flatnonzero(keep) + 1)
 
 
 def normalize_line(ink: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.ndarray, Geometry] | None:

@@ -11,7 +11,7 @@ Loading is one trip downward: `checkpoint.load_checkpoint` for the weights, then
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,7 +252,7 @@ class Predictor:
         return "unsure" if confidence < self.unsure_threshold else "digit"
 
     def predict_images(
-        self, images: list[Image.Image | np.ndarray], *, preprocess: bool = True
+        self, images: Sequence[Image.Image | np.ndarray], *, preprocess: bool = True
     ) -> list[Prediction]:
         """Images (PIL or arrays, any size) → predictions, all in one batched model call."""
         if not images:

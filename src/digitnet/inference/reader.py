@@ -15,7 +15,6 @@ the decoded string (all its alignments) with the temperature fitted on validatio
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 from torch import nn
 
 from digitnet.checkpoint import PRETRAINED_DIR, checkpoint_version, load_checkpoint
@@ -193,22 +193,67 @@ class Reader:
         return NumberReading(number, confidence, unsure, digits, marks, strip)
 
 
+def _units(strip: np.ndarray) -> list[np.ndarray]:
+    """The strip's ink as pieces left to right, one bool mask each: connected strokes, with pieces
+    that sit one above the other (a 5's detached bar, the parts of a 4) merged into one."""
+    components, _n = ndimage.label(strip > 0.1, structure=np.ones((3, 3), bool))
+    spans = [(f[1].start, f[1].stop, k) for k, f in enumerate(ndimage.find_objects(components), 1) if f]
+    units: list[tuple[int, int, list[int]]] = []
+    for x0, x1, k in sorted(spans):
+        if units:
+            u0, u1, ks = units[-1]
+            if min(x1, u1) - max(x0, u0) > 0.5 * min(x1 - x0, u1 - u0):  # mostly above/below the last
+                units[-1] = (u0, max(u1, x1), [*ks, k])
+                continue
+        units.append((x0, x1, [k]))
+    return [np.isin(components, ks) for _, _, ks in units]
+
+
+def label_masks(strip: np.ndarray, n_labels: int) -> list[np.ndarray]:
+    """Which ink of the strip belongs to which of `n_labels` labels (left to right), one bool mask
+    (32, W) each. The labels follow the ink's pieces in order: with one piece per label, each takes
+    its own; digits that touch make fewer pieces than labels, so a wide piece is cut into as many
+    digits as its width holds; a digit in several pieces makes more, so the narrowest pieces join
+    their nearest neighbour. (CTC's frames say *which* digits, not exactly *where*.)"""
+    units = _units(strip)
+    if n_labels == 0:
+        return []
+    if not units:
+        return [np.zeros(strip.shape, bool) for _ in range(n_labels)]
+    while len(units) > n_labels:  # a broken digit: merge the narrowest piece into its neighbour
+        widths = [int(u.any(axis=0).sum()) for u in units]
+        i = int(np.argmin(widths))
+        j = i - 1 if i == len(units) - 1 or (i > 0 and widths[i - 1] < widths[i + 1]) else i + 1
+        units[min(i, j)] = units[i] | units[j]
+        del units[max(i, j)]
+    spread = np.array([int(u.any(axis=0).sum()) for u in units], float)
+    shares = np.ones(len(units), int)  # touching digits: wide pieces hold more than one
+    for _ in range(n_labels - len(units)):
+        shares[int(np.argmax(spread / shares))] += 1
+    masks = []
+    for unit, share in zip(units, shares, strict=True):
+        cols = np.flatnonzero(unit.any(axis=0))
+        edges = np.linspace(cols[0], cols[-1] + 1, share + 1)
+        for k in range(share):
+            band = np.zeros(strip.shape[1], bool)
+            band[round(edges[k]) : round(edges[k + 1])] = True
+            masks.append(unit & band[None, :])
+    return masks
+
+
 def _boxes(
     strip: np.ndarray, geom: Geometry, spans: list[tuple[int, int]], to_input: float, size: tuple[int, int]
 ) -> list[tuple[Box, np.ndarray]]:
-    """Each label's ink: the strip's columns nearest its frames (cuts halfway between neighbouring
-    labels), its box mapped to input pixels, and the strip crop (what it looked like)."""
-    centres = [((a + b) / 2 + 0.5) * READER_STRIDE for a, b in spans]
-    cuts = [0.0] + [(a + b) / 2 for a, b in itertools.pairwise(centres)] + [float(strip.shape[1])]
+    """Each label's box in input pixels and its ink, cropped from the strip (what it looked like)."""
     out = []
-    for i in range(len(spans)):
-        c0, c1 = round(cuts[i]), round(cuts[i + 1])
-        part = strip[:, c0:c1]
-        ink_rows, ink_cols = np.flatnonzero(part.max(axis=1) > 0.1), np.flatnonzero(part.max(axis=0) > 0.1)
-        if ink_rows.size == 0:  # a label with no ink under it: its frames' columns
-            ink_rows, ink_cols = np.arange(strip.shape[0]), np.arange(part.shape[1])
-        r0, r1 = int(ink_rows[0]), int(ink_rows[-1]) + 1
-        x0, x1 = c0 + int(ink_cols[0]), c0 + int(ink_cols[-1]) + 1
+    for i, mask in enumerate(label_masks(strip, len(spans))):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:  # a label with no ink of its own: the columns of its frames
+            a, b = spans[i]
+            rows = np.arange(strip.shape[0])
+            cols = np.arange(a * READER_STRIDE, (b + 1) * READER_STRIDE)
+            mask = np.zeros_like(mask)
+        r0, r1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         (ax, ay), (bx, by) = geom.to_input(x0, r0), geom.to_input(x1, r1)
         box = (
             max(0, int(ax * to_input)),
@@ -216,5 +261,7 @@ def _boxes(
             min(size[0], math.ceil(bx * to_input)),
             min(size[1], math.ceil(by * to_input)),
         )
-        out.append((box, strip[r0:r1, x0:x1]))
+        # its own ink, with one pixel around it for the anti-aliased edges; a neighbour's is left out
+        own = ndimage.binary_dilation(mask, np.ones((3, 3), bool))[r0:r1, x0:x1]
+        out.append((box, strip[r0:r1, x0:x1] * own))
     return out

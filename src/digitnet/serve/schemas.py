@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -144,7 +144,7 @@ class Ready(BaseModel):
 def pixels_to_array(req: PredictRequest | ReadRequest) -> np.ndarray:
     """Validated JSON pixels → float32 in [0, 1], or InputError naming the problem: `(28, 28)` for
     a prediction, any `(H, W)` rows for a reading. The one check of JSON pixels."""
-    px = req.pixels or []
+    px: list[Any] = list(req.pixels or [])
     if isinstance(req, ReadRequest):
         widths = sorted({len(row) for row in px})
         if not px or len(widths) != 1 or widths[0] == 0:

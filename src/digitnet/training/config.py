@@ -50,10 +50,14 @@ class TrainConfig:
     outlier_exposure: float = 0.0  # weight of the loss that pushes images that are not digits (drawn by
     # data.nondigits, a quarter of each batch) towards a uniform prediction; 0 = off
     teacher: str = ""  # run folder / model.pt / 'default' to distil from, "" = plain training
+    init: str = ""  # run folder / model.pt / 'default' whose weights the run starts from (fine-tuning)
     distill: float = 0.7  # weight of the teacher's soft targets against the labels (with a teacher)
 
     def __post_init__(self) -> None:
-        get_spec(self.model)
+        if not get_spec(self.model).trainable:
+            raise ConfigError(
+                f"{self.model!r} is built from trained runs (digitnet ensemble, digitnet screen), not trained"
+            )
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),

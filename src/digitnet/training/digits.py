@@ -33,7 +33,7 @@ from digitnet.utils import atomic_open
 
 OUTLIERS = 12_000  # the pool of non-digits a run draws from (seeded; augmented every time it is used)
 OUTLIER_SHARE = 0.25  # non-digits per digit in a batch
-OUTLIER_FORMAT = "outliers-v1"  # bump when data.nondigits or preprocess change what the pool holds
+OUTLIER_FORMAT = "outliers-v2"  # bump when data.nondigits or preprocess change what the pool holds
 
 
 def outlier_pool(seed: int, n: int = OUTLIERS) -> torch.Tensor:

@@ -9,6 +9,7 @@ the same loop runs as DistributedDataParallel, each rank taking its shard of eve
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 import digitnet.training.distributed as dist
+from digitnet.checkpoint import load_checkpoint
 from digitnet.errors import ConfigError
 from digitnet.models import build_model, get_spec, network_kwargs
 from digitnet.training.config import TrainConfig
@@ -249,6 +251,20 @@ def _fit(
     return FitResult(final, history, train_seconds, best.epoch, best.score if has_val else None, run.bf16)
 
 
+def initial_weights(cfg: TrainConfig) -> State:
+    """The state dict a fine-tuning run starts from (`cfg.init`): the same network, or a ConfigError."""
+    start = load_checkpoint(cfg.init)
+    wanted = network_kwargs(cfg.model, cfg.model_kwargs)
+    if start.name != cfg.model or json.loads(json.dumps(start.model_kwargs)) != json.loads(
+        json.dumps(wanted)
+    ):
+        raise ConfigError(
+            f"--set init={cfg.init}: a {start.name!r} network {start.model_kwargs} cannot start a "
+            f"{cfg.model!r} run {wanted}"
+        )
+    return start.model.state_dict()
+
+
 def make_task(
     cfg: TrainConfig,
     x_train: np.ndarray,
@@ -282,6 +298,8 @@ def _start(
     if world > 1 and cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     model = build_model(cfg.model, **cfg.model_kwargs).to(device)
+    if cfg.init:
+        model.load_state_dict(initial_weights(cfg))
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     opt = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema) if cfg.ema else None

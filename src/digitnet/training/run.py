@@ -57,8 +57,9 @@ def calibrate(
         return Calibration(float(temperature), float(choose_unsure_threshold(probs, y_val)))
     conf = np.sort(probs.max(axis=1))
     not_digit = float(conf[int(NOT_DIGIT_SHARE * len(conf))])
-    unsure = float(conf[int((NOT_DIGIT_SHARE + UNSURE_SHARE) * len(conf))])
-    return Calibration(float(temperature), unsure, not_digit)
+    # as everywhere, an answer that is not even a majority vote is at least unsure
+    unsure = max(float(conf[int((NOT_DIGIT_SHARE + UNSURE_SHARE) * len(conf))]), 0.5)
+    return Calibration(float(temperature), unsure, min(not_digit, unsure))
 
 
 def fit_metrics(
