@@ -35,6 +35,25 @@ def serve_cmd(
         ),
     ] = "auto",
     threads: Annotated[int, typer.Option(help="Inference threads per worker.")] = 1,
+    max_queue: Annotated[
+        int,
+        typer.Option("--max-queue", help="Prediction requests waiting for a slot per worker (503 above)."),
+    ] = 512,
+    queue_timeout: Annotated[
+        float, typer.Option("--queue-timeout", help="Longest wait for a slot, seconds (then 503).")
+    ] = 3.0,
+    decode_budget_mb: Annotated[
+        int, typer.Option("--decode-budget-mb", help="Decoded image memory in flight per worker, MiB.")
+    ] = 384,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", help="Open connections per worker (503 above).")
+    ] = 512,
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", help="Seconds to send request headers (then 408).")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", help="Seconds to send the whole request body (then 408).")
+    ] = 20.0,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
     ] = False,
@@ -53,10 +72,20 @@ def serve_cmd(
         raise ConfigError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"unknown log level {log_level!r}")
-    Limits(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)  # validates both
+    limits = Limits(  # validates every bound
+        max_body_bytes=max_body_bytes,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        queue_timeout_s=queue_timeout,
+        max_decode_bytes=decode_budget_mb * 1024 * 1024,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+    )
     from digitnet.checkpoint import resolve_model_path
     from digitnet.inference.predictor import Predictor
     from digitnet.serve.app import ENV_PREFIX, create_app
+    from digitnet.serve.protocol import ENV_LIMITS, IMPORT_NAME, protocol_class
 
     if model != "default" and not model.endswith(".onnx"):
         model = str(resolve_model_path(model))  # absolute: worker processes may not share our cwd
@@ -72,12 +101,10 @@ def serve_cmd(
         proxy_headers=False,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
+        backlog=max(2048, limits.max_connections * workers),
     )
     if workers == 1:
-        uvicorn.run(
-            create_app(predictor=predictor, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency),
-            **common,
-        )
+        uvicorn.run(create_app(predictor=predictor, limits=limits), http=protocol_class(limits), **common)
         return
     # Every worker process builds its own app from these (uvicorn imports the factory in each).
     os.environ.update(
@@ -87,10 +114,11 @@ def serve_cmd(
             ENV_PREFIX + "MAX_CONCURRENCY": str(max_concurrency),
             ENV_PREFIX + "BACKEND": backend,
             ENV_PREFIX + "THREADS": str(threads),
+            ENV_LIMITS: limits.to_json(),
         }
     )
     del predictor
-    uvicorn.run("digitnet.serve.app:app_from_env", factory=True, workers=workers, **common)
+    uvicorn.run("digitnet.serve.app:app_from_env", factory=True, workers=workers, http=IMPORT_NAME, **common)
 
 
 def bench_serve(

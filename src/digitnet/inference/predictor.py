@@ -209,25 +209,40 @@ class Predictor:
     def predict_arrays(self, images: np.ndarray, *, empty: list[bool] | None = None) -> list[Prediction]:
         """Predictions for images already in MNIST form, (N, 28, 28) uint8 or float [0, 1]."""
         xb4 = as_batch_array(images)  # (N, 1, 28, 28), validated once
-        xb = xb4[:, 0]  # (N, 28, 28)
-        empty = list(empty) if empty is not None else [False] * len(xb)
+        empty = list(empty) if empty is not None else [False] * len(xb4)
         live = [i for i, e in enumerate(empty) if not e]
-        probs = (
-            softmax(self._logits_checked(xb4[live]), self.temperature)
-            if live
-            else np.zeros((0, 10), np.float32)
-        )
+        outputs = self._logits_checked(xb4[live]) if live else np.zeros((0, 10), np.float32)
+        return self.predictions_from_outputs(xb4[:, 0], outputs, empty=empty)
+
+    # The two halves of `predict_arrays`, for callers that batch model calls across requests
+    # (the server's micro-batcher): `model_outputs` is the batched array function, rows in = rows
+    # out; `predictions_from_outputs` turns a caller's own rows back into `Prediction`s.
+    def model_outputs(self, x: Any) -> np.ndarray:
+        """The model's raw outputs for a batch: logits (N, 10) float32 (see `logits`)."""
+        return self.logits(x)
+
+    def predictions_from_outputs(
+        self, images: np.ndarray, outputs: np.ndarray, *, empty: list[bool]
+    ) -> list[Prediction]:
+        """`Prediction`s for images (N, 28, 28) in [0, 1] (what the model saw), given `outputs` of
+        `model_outputs` for the non-empty ones only, in order."""
+        live = [i for i, e in enumerate(empty) if not e]
+        if len(outputs) != len(live) or len(empty) != len(images):
+            raise ValueError(
+                f"{len(outputs)} model outputs for {len(live)} non-empty of {len(images)} images"
+            )
+        probs = softmax(np.asarray(outputs, np.float32), self.temperature) if live else outputs
         out: list[Prediction] = []
         rows = iter(probs)
         for i, is_empty in enumerate(empty):
             if is_empty:
-                out.append(Prediction(None, 0.0, [0.0] * 10, True, True, xb[i]))
+                out.append(Prediction(None, 0.0, [0.0] * 10, True, True, images[i]))
                 continue
             p = next(rows)
             digit = int(p.argmax())
             conf = float(p[digit])
             out.append(
-                Prediction(digit, conf, [float(v) for v in p], conf < self.unsure_threshold, False, xb[i])
+                Prediction(digit, conf, [float(v) for v in p], conf < self.unsure_threshold, False, images[i])
             )
         return out
 

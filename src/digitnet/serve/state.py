@@ -1,7 +1,10 @@
 """Per-process service state, and the FastAPI dependencies that hand it to the routes.
 
 The predictor is loaded in the app's lifespan onto `app.state.predictor`; routes never read
-`app.state` themselves: they declare `Depends(get_predictor)` / `Depends(get_state)`.
+`app.state` themselves: they declare `Depends(get_predictor)` / `Depends(get_state)` /
+`Depends(get_batcher)`. The admission pieces live here too, one set per worker process: the
+prediction slots and their queue, the decode memory budget and the body-buffer budget (all
+`serve.admission.Limiter`s), and the model's `MicroBatcher`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from digitnet.inference.predictor import Predictor
+from digitnet.serve.admission import Limiter
+from digitnet.serve.batcher import MicroBatcher
 from digitnet.serve.limits import Limits
 from digitnet.serve.metrics import Metrics
 from digitnet.serve.responses import HTTPError
@@ -23,8 +28,18 @@ class ServeState:
 
     limits: Limits
     metrics: Metrics = field(default_factory=Metrics)
-    inflight: int = 0  # prediction requests in flight; touched only on the event loop thread
+    inflight: int = 0  # prediction requests at work; touched only on the event loop thread
     model_info: ModelInfo | None = None  # set with the predictor
+    batcher: MicroBatcher | None = None  # set with the predictor
+    slots: Limiter = field(init=False)  # prediction requests at work, and the queue for them
+    decode_budget: Limiter = field(init=False)  # bytes of decoded pixels in flight
+    body_budget: Limiter = field(init=False)  # bytes of request bodies buffered
+
+    def __post_init__(self) -> None:
+        lim = self.limits
+        self.slots = Limiter(lim.max_concurrency, max_waiting=lim.max_queue, name="prediction slots")
+        self.decode_budget = Limiter(lim.max_decode_bytes, name="bytes of decode memory")
+        self.body_budget = Limiter(lim.max_buffered_bytes, name="buffered body bytes")
 
     def not_ready(self) -> HTTPError:
         return HTTPError(503, "not_ready", "the model is still loading", self.limits.retry_after())
@@ -34,6 +49,14 @@ def attach(app_state: object, predictor: Predictor) -> None:
     """Make `predictor` the one the routes get (in the lifespan, or at once for a given one)."""
     serve: ServeState = app_state.serve  # type: ignore[attr-defined]
     serve.model_info = ModelInfo(name=str(predictor.name), version=str(predictor.version))
+    if serve.batcher is not None:
+        serve.batcher.shutdown()
+    serve.batcher = MicroBatcher(
+        predictor.model_outputs,
+        max_items=serve.limits.batch_max_items,
+        max_wait_s=serve.limits.batch_max_wait_s,
+        name="digits",
+    )
     app_state.predictor = predictor  # type: ignore[attr-defined]
 
 
@@ -49,3 +72,11 @@ def get_predictor(request: Request) -> Predictor:
     if predictor is None:
         raise get_state(request).not_ready()
     return predictor
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    """The model's micro-batcher (set with the predictor)."""
+    batcher = get_state(request).batcher
+    if batcher is None:
+        raise get_state(request).not_ready()
+    return batcher
