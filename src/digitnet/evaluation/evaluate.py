@@ -170,6 +170,7 @@ def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ER
     run = Path(run)
     if not run.is_dir():
         raise ModelError(f"{run}: not a run folder")
+    train_metrics = read_json(run / "metrics.json", strict=True)  # garbage is an error, before the work
     probs, predictor = run_probabilities(run, data.x_test)
     ckpt, _ = read_checkpoint(run)
     y = np.asarray(data.y_test, dtype=np.int64)
@@ -186,7 +187,7 @@ def evaluate_run(run: str | Path, data: TestSplit, *, top_errors: int = WORST_ER
             "model": predictor.name,
             "config": ckpt.get("config", {}),
             "temperature": predictor.temperature,
-            "train_metrics": read_json(run / "metrics.json"),
+            "train_metrics": train_metrics,
             "data": {
                 "name": data.name,
                 "source": str(getattr(data, "source", "")),

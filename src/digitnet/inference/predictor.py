@@ -9,6 +9,7 @@ either `folding.fast_module` (torch) or `onnx_session` (ONNX Runtime).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,10 @@ from PIL import Image
 from torch import nn
 
 from digitnet.checkpoint import checkpoint_version, file_sha256, load_checkpoint, resolve_model_path
-from digitnet.errors import ConfigError, ModelError
+from digitnet.errors import ConfigError, DigitnetWarning, ModelError
 from digitnet.inference.batching import as_batch_array
 from digitnet.inference.calibration import softmax
-from digitnet.inference.export import onnx_bytes, read_metadata
+from digitnet.inference.export import onnx_bytes, read_metadata, verify_onnx
 from digitnet.inference.folding import fast_module
 from digitnet.inference.preprocess import MIN_CONTRAST, as_mnist, decode_image, preprocess
 from digitnet.models import views_per_image
@@ -136,11 +137,17 @@ class Predictor:
             raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
         if threads is not None and threads < 1:
             raise ConfigError("threads must be >= 1")
-        onnx_file = _onnx_beside(model)
+        onnx_file, data, problem = _onnx_beside(model)
+        if problem is not None and str(model).endswith(".onnx"):
+            raise ModelError(problem)  # the file named is the model: nothing to fall back to
         if backend == "auto":
-            backend = "onnx" if onnx_file is not None else "torch"
+            if problem is not None:  # an export is there but cannot be trusted: say so, use torch
+                warnings.warn(f"{problem}; using the torch backend instead", DigitnetWarning, stacklevel=2)
+            backend = "onnx" if onnx_file is not None and problem is None else "torch"
         if backend == "onnx":
-            return cls._load_onnx(model, onnx_file, threads)
+            if problem is not None:
+                raise ModelError(problem)
+            return cls._load_onnx(model, onnx_file, data, threads)
         if str(model).endswith(".onnx"):
             raise ModelError(f"{model}: an .onnx file runs only with backend 'onnx'")
         return cls._load_torch(model, threads)
@@ -162,9 +169,11 @@ class Predictor:
         )
 
     @classmethod
-    def _load_onnx(cls, model: str | Path, onnx_file: Path | None, threads: int | None) -> Predictor:
+    def _load_onnx(
+        cls, model: str | Path, onnx_file: Path | None, verified: bytes, threads: int | None
+    ) -> Predictor:
         if onnx_file is not None:
-            data, source = onnx_file.read_bytes(), str(onnx_file)
+            data, source = verified, str(onnx_file)
         else:  # no exported file beside the checkpoint: export in memory (a few seconds, once)
             loaded = load_checkpoint(model)
             data, source = onnx_bytes(loaded), str(loaded.path)
@@ -273,20 +282,33 @@ class Predictor:
 _preprocess = preprocess  # `predict_images`' keyword `preprocess` shadows the function inside it
 
 
-def _onnx_beside(model: str | Path) -> Path | None:
-    """An .onnx file given directly, or the export next to the checkpoint (model.pt → model.onnx)
-    when its metadata names this very checkpoint (sha256): a stale export is never used."""
+def _onnx_beside(model: str | Path) -> tuple[Path | None, bytes, str | None]:
+    """The ONNX export to use for `model`: (file, its verified bytes, None), or (None, b"", None)
+    when there is none to use, or (file, b"", reason) when one is there but cannot be trusted.
+
+    An .onnx file given directly must match its recorded SHA-256 when it has a record. The export
+    beside a checkpoint (model.pt → model.onnx) must match its record (`export.verify_onnx`) and name
+    this very checkpoint in its metadata; one made from an older checkpoint (stale) is not used.
+    """
     if str(model).endswith(".onnx"):
         path = Path(model).expanduser()
         if not path.is_file():
             raise ModelError(f"no ONNX model at {model}")
-        return path
+        data, problem = verify_onnx(path)
+        if problem is not None and "no recorded SHA-256" in problem:
+            return path, data, None  # a file the user names, exported elsewhere: theirs to vouch for
+        return path, data, problem
     pt = resolve_model_path(model)
     onnx = pt.with_suffix(".onnx")
     if not onnx.is_file():
-        return None
+        return None, b"", None
+    data, problem = verify_onnx(onnx)
+    if problem is not None:
+        return onnx, b"", problem
     try:
-        meta = read_metadata(onnx.read_bytes(), str(onnx))
-    except ModelError:
-        return None
-    return onnx if meta.get("checkpoint_sha256") == file_sha256(pt) else None
+        meta = read_metadata(data, str(onnx))
+    except ModelError as exc:
+        return onnx, b"", str(exc)
+    if meta.get("checkpoint_sha256") != file_sha256(pt):
+        return None, b"", None  # stale: exported from an earlier checkpoint; never used
+    return onnx, data, None

@@ -14,7 +14,9 @@ same settings from `DIGITNET_SERVE_*` environment variables, which `digitnet ser
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 from digitnet import __version__
-from digitnet.errors import ConfigError
+from digitnet.errors import ConfigError, DigitnetWarning
 from digitnet.inference.predictor import Predictor
 from digitnet.serve.limits import BodyLimitMiddleware, ConcurrencyLimitMiddleware, Limits
 from digitnet.serve.memory import tune_allocator
@@ -40,6 +42,7 @@ from digitnet.serve.state import ServeState, attach
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 32
 ENV_PREFIX = "DIGITNET_SERVE_"
+log = logging.getLogger("digitnet.serve")
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -60,6 +63,16 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         return app.openapi_schema
 
     return build
+
+
+def _load_logged(model: str | Path, backend: str, threads: int | None) -> Predictor:
+    """`Predictor.load`, its warnings (an untrusted model.onnx, …) sent to the server log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DigitnetWarning)
+        predictor = Predictor.load(model, backend=backend, threads=threads)
+    for w in caught:
+        log.warning("%s", w.message)
+    return predictor
 
 
 def create_app(
@@ -93,9 +106,7 @@ def create_app(
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, slots + 8)
         if app.state.predictor is None:
-            loaded = await anyio.to_thread.run_sync(
-                lambda: Predictor.load(model, backend=backend, threads=threads)
-            )
+            loaded = await anyio.to_thread.run_sync(_load_logged, model, backend, threads)
             attach(app.state, loaded)
         try:
             yield
