@@ -154,37 +154,6 @@ class FakePredictor:
 # --------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """An untrained CNN saved the way training saves it."""
-    import torch
-
-    from digitnet.checkpoint import save_checkpoint
-    from digitnet.models import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("run") / "model.pt"
-    save_checkpoint(path, build_model("cnn").eval(), model_name="cnn", temperature=1.0, unsure_threshold=0.5)
-    return path
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt):
-    import torch
-
-    from digitnet.inference.predictor import Predictor
-
-    threads = torch.get_num_threads()
-    yield Predictor.load(ckpt, threads=1)  # as the server loads it: one torch thread, process-wide
-    torch.set_num_threads(threads)  # this module changed it on purpose; later modules get it back
-
-
-@pytest.fixture(scope="module")
-def client(predictor):
-    with TestClient(create_app(predictor=predictor)) as c:
-        yield c
-
-
 def post_file(
     client, data: bytes, name: str = "digit.png", ctype: str = "image/png", path: str = "/v1/predict"
 ):
