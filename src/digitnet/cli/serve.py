@@ -146,9 +146,45 @@ def bench_serve(
     ] = None,
     warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each run.")] = 2.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    hostile: Annotated[
+        bool,
+        typer.Option(
+            "--hostile",
+            help="Hostile load instead: huge PNGs, slow bodies, a burst, steady mixed traffic, "
+            "a killed worker.",
+        ),
+    ] = False,
+    scenarios: Annotated[
+        str, typer.Option(help="--hostile: comma-separated among big, slow, burst, steady, kill.")
+    ] = "big,slow,burst,steady",
+    baseline_src: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline-src", help="--hostile: also run each scenario on this source tree's server."
+        ),
+    ] = None,
+    scale: Annotated[
+        float, typer.Option(help="--hostile: scale connections and durations down for a quick check (0-1).")
+    ] = 1.0,
 ) -> None:
     """Load-test the HTTP service on 127.0.0.1: requests/s, p50/p99 latency, errors."""
     from digitnet.bench.serve import ServeBenchConfig, run_bench_serve
+
+    if hostile:
+        from digitnet.bench.hostile import HostileConfig, run_hostile
+
+        hcfg = HostileConfig(
+            scenarios=tuple(s.strip() for s in scenarios.split(",") if s.strip()),
+            workers=workers,
+            model=model,
+            backend=backend,
+            baseline_src=baseline_src,
+            scale=scale,
+            steady_s=duration if duration != 30.0 else 60.0,
+        )
+        report = run_hostile(hcfg)
+        typer.echo(json.dumps(report, indent=2) if json_out else _hostile_lines(report))
+        return
 
     if mode not in ("good", "mixed", "both"):
         raise ConfigError(f"mode must be good, mixed or both, got {mode!r}")
@@ -186,6 +222,23 @@ def bench_serve(
                 typer.echo(f"       error: {sample}")
     if json_out:
         typer.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+
+
+def _hostile_lines(report: dict[str, Any]) -> str:
+    keys = {
+        "big": ("statuses", "peak_rss_mb", "max_s", "alive_after", "healthz_max_ms"),
+        "slow": ("statuses", "closed_by_server", "closed_within_s", "peak_rss_mb", "healthz_max_ms"),
+        "burst": ("statuses", "ok_within_2s_pct", "server_errors", "p50_s", "max_s", "peak_rss_mb"),
+        "steady": ("good_photo_uploads_per_s", "good_per_s", "latency_ms", "good_errors", "bad_errors",
+                   "rss_mb_after_warmup", "rss_mb_at_end"),
+        "kill": ("good_per_s", "good_errors", "kill"),
+    }  # fmt: skip
+    lines = [f"{report['cpu']} ({report['cpus']} CPUs), {report['date']}, load {report['loadavg_1m_before']}"]
+    for name, row in report["results"].items():
+        for side, res in row.items():
+            shown = {k: res.get(k) for k in keys[name]}
+            lines.append(f"{name:>6} {side:>8}: {json.dumps(shown)}")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:

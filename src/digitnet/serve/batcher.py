@@ -7,6 +7,8 @@ holds `max_items` rows or `max_wait_s` has passed since the first one arrived (w
 and Ray Serve call dynamic batching), concatenates them along axis 0, runs `fn` once in a dedicated
 thread, and splits the result. While one call runs, new submissions pile up and form the next
 batch, so under load batches grow by themselves and an idle server adds no more than `max_wait_s`.
+`more_coming()`, when given, tells whether anyone else could still join (a server knows how many
+requests are at work): when nobody could, a lone submission runs at once instead of waiting.
 
 Each call runs in the batcher's own thread: model calls never queue behind image decoding in the
 shared thread pool, and never run two at once (a CPU model with one intra-op thread gains nothing
@@ -46,13 +48,21 @@ class BatchStats:
 
 class MicroBatcher:
     def __init__(
-        self, fn: BatchFn, *, max_items: int = 64, max_wait_s: float = 0.002, name: str = "model"
+        self,
+        fn: BatchFn,
+        *,
+        max_items: int = 64,
+        max_wait_s: float = 0.002,
+        name: str = "model",
+        more_coming: Callable[[], bool] | None = None,
     ) -> None:
         if not 1 <= max_items <= 65536:
             raise ConfigError(f"batch max_items must be between 1 and 65536, got {max_items}")
         if not 0.0 <= max_wait_s <= 1.0:
             raise ConfigError(f"batch max_wait_s must be between 0 and 1 s, got {max_wait_s}")
         self.fn, self.max_items, self.max_wait_s, self.name = fn, max_items, max_wait_s, name
+        self.more_coming = more_coming  # None: always wait up to max_wait_s for more
+        self._running = 0  # callers whose rows are in the model call now
         self.stats = BatchStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"digitnet-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,6 +76,11 @@ class MicroBatcher:
     def pending(self) -> int:
         """Rows submitted and not yet in a model call."""
         return self._rows
+
+    @property
+    def callers(self) -> int:
+        """Callers waiting on the batcher now: queued, or in the running model call."""
+        return len(self._jobs) + self._running
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Run `fn` on `x` (k rows) as part of a batch; returns the k rows of output that are x's."""
@@ -106,7 +121,11 @@ class MicroBatcher:
         loop, arrived, full = self._loop, self._arrived, self._full
         while True:
             await arrived.wait()
-            if self._rows < self.max_items and self.max_wait_s > 0:
+            if (
+                self._rows < self.max_items
+                and self.max_wait_s > 0
+                and (self.more_coming is None or self.more_coming())
+            ):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(full.wait(), self.max_wait_s)
             jobs = self._take()
@@ -119,6 +138,7 @@ class MicroBatcher:
                 continue
             batch = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
             t0 = time.perf_counter()
+            self._running = len(jobs)
             try:
                 out = await loop.run_in_executor(self._executor, self.fn, batch)
             except Exception as exc:
@@ -127,6 +147,7 @@ class MicroBatcher:
                         j.future.set_exception(exc)
                 continue
             finally:
+                self._running = 0
                 self.stats.busy_s += time.perf_counter() - t0
             self.stats.batches += 1
             self.stats.items += len(batch)

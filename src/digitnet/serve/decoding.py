@@ -1,5 +1,8 @@
 """Decode an uploaded image under the process's memory budget: any route that takes images uses this.
 
+The images come back as luma ("L") when that is cheaper to decode (JPEG), since every caller
+grayscales them anyway; pass `then` to work on them in the decoding thread.
+
 `decode_upload` is three steps: read the header in a worker thread (`inference.decode.open_image`:
 format, pixel cap, and the memory the decode will hold), wait on the event loop until that much of
 the budget (`Limits.max_decode_bytes`, a `Limiter` of bytes) is free, then decode and reduce to the
@@ -27,6 +30,7 @@ from digitnet.serve.admission import Limiter, Overloaded, TooLarge
 from digitnet.serve.responses import HTTPError
 
 SERVER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+INLINE_OPEN_BYTES = 256 * 1024  # headers of files up to this size are read on the event loop
 T = TypeVar("T")
 
 # Signatures of image formats Pillow (or a browser) knows but this service refuses, by magic bytes.
@@ -93,7 +97,7 @@ def _open(data: bytes, label: str, max_bytes: int, max_side: int | None) -> Pend
             f"{label}: {other} images are not accepted; send {', '.join(SERVER_FORMATS)}",
         )
     try:
-        return open_image(data, formats=SERVER_FORMATS, max_bytes=max_bytes, max_side=max_side)
+        return open_image(data, formats=SERVER_FORMATS, max_bytes=max_bytes, max_side=max_side, gray=True)
     except InputError as exc:
         raise _relabel(exc, label) from None
 
@@ -121,7 +125,10 @@ async def decode_upload(
     side, decoded within `budget` (bytes of decoded pixels), waiting for room until `deadline`
     (`time.monotonic()`). `then` (e.g. `preprocess`) runs in the same worker thread, after the
     budget's share is no longer needed by the full-size bitmap."""
-    pending = await run_in_threadpool(_open, data, label, max_bytes, max_side)
+    if len(data) <= INLINE_OPEN_BYTES:  # a small file's header: microseconds, no thread hop needed
+        pending = _open(data, label, max_bytes, max_side)
+    else:
+        pending = await run_in_threadpool(_open, data, label, max_bytes, max_side)
     cost = pending.cost_bytes
     try:
         await budget.acquire(cost, max(0.0, deadline - time.monotonic()))

@@ -15,8 +15,8 @@ import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-MMAP_THRESHOLD = 1 << 20
-TRIM_THRESHOLD = 8 << 20
+MMAP_THRESHOLD = 16 << 20
+TRIM_THRESHOLD = 32 << 20
 
 _done = False
 

@@ -51,12 +51,15 @@ def attach(app_state: object, predictor: Predictor) -> None:
     serve.model_info = ModelInfo(name=str(predictor.name), version=str(predictor.version))
     if serve.batcher is not None:
         serve.batcher.shutdown()
-    serve.batcher = MicroBatcher(
+    batcher = MicroBatcher(
         predictor.model_outputs,
         max_items=serve.limits.batch_max_items,
         max_wait_s=serve.limits.batch_max_wait_s,
         name="digits",
+        # wait for more only while other prediction requests are at work and not yet in the batcher
+        more_coming=lambda: serve.inflight > batcher.callers,
     )
+    serve.batcher = batcher
     app_state.predictor = predictor  # type: ignore[attr-defined]
 
 
