@@ -5,9 +5,10 @@ process tree, all workers) is sampled every 100 ms, with `/healthz` probed on it
 
 - `big`: 8 concurrent uploads of a 6300×6300 RGBA PNG (≈ 190 KB each, 159 MB decoded);
 - `slow`: 100 connections that each send 4 MB of a body quickly, then one byte every 2.5 s;
-- `burst`: 200 single-photo uploads at once, one connection each;
+- `burst`: 200 single-photo uploads (1200×900 JPEG) at once, one connection each;
 - `steady`: 16 keep-alive connections for 60 s, 70 % good requests (photos as multipart, photos
-  as base64, 28×28 pixels, a third each) and 30 % bad ones of every class;
+  as base64, 28×28 pixels, a third each; the photos are JPEGs of a handwritten 7, half 1200×900
+  and half 3024×4032 as a phone takes them) and 30 % bad ones of every class;
 - `kill` (with `--workers N` ≥ 2): steady load while one worker is killed with SIGKILL.
 
 `--baseline-src DIR` runs every scenario a second time against the server of another source tree
@@ -41,7 +42,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from digitnet.bench.common import free_port, wait_ready
 from digitnet.bench.serve import _Conn, _multipart, _request, bad_requests
 from digitnet.errors import ConfigError
-from digitnet.utils import cpu_name
+from digitnet.utils import cpu_name, first_line
 
 SCENARIOS = ("big", "slow", "burst", "steady", "kill")
 HOST = "127.0.0.1"
@@ -120,8 +121,11 @@ def _pixels_request(seed: int) -> bytes:
     return json.dumps({"pixels": a.ravel().tolist()}).encode()
 
 
+PHOTO_SIZES = ((1200, 900), (3024, 4032))  # a resized upload, and a 12 MP phone camera's portrait
+
+
 def good_mix(host: str) -> list[tuple[str, bytes]]:
-    photos = [photo_jpeg(i) for i in range(4)]
+    photos = [photo_jpeg(i, PHOTO_SIZES[i % 2]) for i in range(4)]
     out = []
     for i, p in enumerate(photos):
         body, ctype = _multipart(p, filename="photo.jpg")
@@ -177,12 +181,18 @@ class ServerUnderTest:
             return []
 
     def workers(self) -> list[int]:
-        return sorted(p.pid for p in self.tree()[1:] if "resource_tracker" not in " ".join(p.cmdline()))
+        """The live worker processes (not the supervisor, not multiprocessing's resource tracker)."""
+        out = []
+        for p in self.tree()[1:]:
+            with contextlib.suppress(psutil.Error):  # gone, or a zombie not yet reaped
+                if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()):
+                    out.append(p.pid)
+        return sorted(out)
 
     def rss(self) -> int:
         total = 0
         for p in self.tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
+            with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
         return total
 
@@ -431,9 +441,15 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
         "results": {},
     }
     for scenario in cfg.scenarios:
-        row = {"this": _run_one(cfg, None, scenario)}
-        if cfg.baseline_src is not None:
-            row["baseline"] = _run_one(cfg, cfg.baseline_src, scenario)
+        row = {}
+        for side, src in (("this", None), ("baseline", cfg.baseline_src)):
+            if side == "baseline" and src is None:
+                continue
+            try:
+                row[side] = _run_one(cfg, src, scenario)
+            except Exception as exc:  # one broken scenario must not lose the others' figures
+                row[side] = {"error": first_line(exc)}
+            print(f"{scenario} {side}: {json.dumps(row[side])[:400]}", file=sys.stderr, flush=True)
         result["results"][scenario] = row
     result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     return result
