@@ -25,7 +25,9 @@ ROUTES = frozenset(
 def route_label(path: str) -> str:
     if path in ROUTES:
         return path
-    return "/static" if path.startswith("/static/") else "other"
+    if path.startswith("/static/"):
+        return "/static"
+    return "/docs-assets" if path.startswith("/docs-assets/") else "other"
 
 
 class Metrics:
