@@ -45,7 +45,7 @@ def test_limiter_deadline_leaves_the_queue_and_wakes_the_next():
         lim = Limiter(4)
         await lim.acquire(3, 1)
         t0 = time.monotonic()
-        with pytest.raises(Overloaded, match="within 0.1 s"):
+        with pytest.raises(Overloaded, match=r"within 0\.1 s"):
             await lim.acquire(4, 0.1)
         assert 0.08 < time.monotonic() - t0 < 0.5 and lim.waiting == 0
         assert lim.try_acquire(1) and not lim.try_acquire(1)
