@@ -43,7 +43,10 @@ def serve_cmd(
         float, typer.Option("--queue-timeout", help="Longest wait for a slot, seconds (then 503).")
     ] = 3.0,
     decode_budget_mb: Annotated[
-        int, typer.Option("--decode-budget-mb", help="Decoded image memory in flight per worker, MiB.")
+        int,
+        typer.Option(
+            "--decode-budget-mb", help="Decoded image memory in flight, MiB, shared by all workers."
+        ),
     ] = 384,
     max_connections: Annotated[
         int, typer.Option("--max-connections", help="Open connections per worker (503 above).")
@@ -72,12 +75,15 @@ def serve_cmd(
         raise ConfigError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"unknown log level {log_level!r}")
-    limits = Limits(  # validates every bound
+    if not 16 <= decode_budget_mb <= 65536:
+        raise ConfigError(f"--decode-budget-mb must be between 16 and 65536, got {decode_budget_mb}")
+    limits = Limits(  # validates every bound; the two memory budgets are the whole server's
         max_body_bytes=max_body_bytes,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         queue_timeout_s=queue_timeout,
-        max_decode_bytes=decode_budget_mb * 1024 * 1024,
+        max_decode_bytes=per_worker(decode_budget_mb * MiB, workers, LARGEST_DECODE),
+        max_buffered_bytes=per_worker(Limits.max_buffered_bytes, workers, max_body_bytes),
         max_connections=max_connections,
         header_timeout_s=header_timeout,
         body_timeout_s=body_timeout,
@@ -119,6 +125,17 @@ def serve_cmd(
     )
     del predictor
     uvicorn.run("digitnet.serve.app:app_from_env", factory=True, workers=workers, http=IMPORT_NAME, **common)
+
+
+MiB = 1024 * 1024
+# The decode memory of the largest image the service takes (40 M pixels, RGBA, plus one strip and
+# the result: `inference.decode.PendingImage.cost_bytes`): a worker's budget never goes below it.
+LARGEST_DECODE = 40_000_000 * 4 + 8 * MiB + 640 * 640 * 4
+
+
+def per_worker(total: int, workers: int, floor: int) -> int:
+    """A whole-server memory budget split between worker processes, never below `floor` each."""
+    return max(total // workers, min(floor, total))
 
 
 def bench_serve(
