@@ -306,8 +306,10 @@ async def _slow_one(port: int, size: int, drip_s: float, limit_s: float) -> tupl
                 break
             if data.startswith(b"HTTP/1.1 "):
                 status = int(data[9:12])
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError):  # refused mid-upload: the answer may still be in our buffer
+        with contextlib.suppress(OSError, ValueError, TimeoutError):
+            data = await asyncio.wait_for(reader.read(65536), 1.0)
+            status = int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else status
     finally:
         writer.close()
     return status, time.perf_counter() - t0

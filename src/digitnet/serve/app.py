@@ -92,6 +92,9 @@ def create_app(
     beside the checkpoint (about 3× faster than torch for one image), else torch. `threads` is the
     intra-op thread count: 1 suits a server, where concurrency comes from requests running side by
     side (and from `--workers`).
+
+    `limits` sets every bound at once (queue, deadlines, memory budgets, batching: `Limits`); when
+    given, it replaces `max_body_bytes`, `max_concurrency` and `retry_after_s`.
     """
     if limits is None:
         limits = Limits(
