@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 
 from digitnet.serve import create_app
 
+pytestmark = pytest.mark.slow  # ≈ 8 s of generated requests: part of `make test`, not the quick lane
 IMAGE_REFUSALS = {415, 422}
 
 

@@ -109,13 +109,11 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
         with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise ModelError(f"{path}: not a readable digitnet checkpoint ({_torch_reason(exc)})") from None
+    except pickle.UnpicklingError:
         # PyTorch's message suggests weights_only=False, i.e. running the file's code: never say that.
         raise ModelError(
-            f"{path}: not a digitnet checkpoint: it holds Python objects other than tensors and plain "
-            "data, and digitnet never runs code from a model file"
+            f"{path}: not a readable digitnet checkpoint (not tensors and plain data; "
+            "digitnet never runs code from a model file)"
         ) from None
     except Exception as exc:  # corrupt zip, truncated file …
         raise ModelError(f"{path}: not a readable digitnet checkpoint ({_torch_reason(exc)})") from None
