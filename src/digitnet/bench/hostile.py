@@ -20,32 +20,25 @@ to share the cores with the server.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import io
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import psutil
-from PIL import Image, ImageDraw, ImageFilter
 
-from digitnet.bench.common import free_port, wait_ready
+from digitnet.bench.payloads import big_rgba_png, good_mix, photo_jpeg
 from digitnet.bench.serve import _Conn, _multipart, _request, bad_requests
+from digitnet.bench.server_process import HOST, ServerUnderTest
 from digitnet.errors import ConfigError
 from digitnet.utils import cpu_name, first_line
 
 SCENARIOS = ("big", "slow", "burst", "steady", "kill")
-HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -75,144 +68,6 @@ class HostileConfig:
 
     def n(self, full: int) -> int:
         return max(2, round(full * self.scale))
-
-
-# ----------------------------------------------------------------------------------- payloads
-
-
-def photo_jpeg(seed: int = 0, size: tuple[int, int] = (1200, 900)) -> bytes:
-    """A phone-like photo of a handwritten 7: dark ink on uneven grey paper, noise, JPEG q=90."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    paper = 200 + 25 * (xx / w) - 15 * (yy / h) + rng.normal(0, 4, (h, w))
-    img = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8), "L")
-    d = ImageDraw.Draw(img)
-    cx, cy, s = w * (0.45 + 0.1 * rng.random()), h * 0.5, h / 2.4
-    d.line(
-        [(cx - s * 0.4, cy - s * 0.45), (cx + s * 0.4, cy - s * 0.45), (cx - s * 0.05, cy + s * 0.5)],
-        fill=35,
-        width=int(h / 28),
-        joint="curve",
-    )
-    img = img.filter(ImageFilter.GaussianBlur(1.2)).convert("RGB")
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def big_rgba_png(side: int = 6300) -> bytes:
-    img = Image.new("RGBA", (side, side), (255, 255, 255, 0))
-    s = side / 28
-    ImageDraw.Draw(img).line(
-        [(6 * s, 6 * s), (21 * s, 6 * s), (12 * s, 23 * s)], fill=(20, 20, 20, 255), width=int(2.5 * s)
-    )
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _pixels_request(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    a = np.zeros((28, 28), np.uint8)
-    c = int(rng.integers(10, 18))
-    a[4:24, c : c + 3] = 255
-    a[4:7, 8:20] = 255
-    return json.dumps({"pixels": a.ravel().tolist()}).encode()
-
-
-PHOTO_SIZES = ((1200, 900), (3024, 4032))  # a resized upload, and a 12 MP phone camera's portrait
-
-
-def good_mix(host: str) -> list[tuple[str, bytes]]:
-    photos = [photo_jpeg(i, PHOTO_SIZES[i % 2]) for i in range(4)]
-    out = []
-    for i, p in enumerate(photos):
-        body, ctype = _multipart(p, filename="photo.jpg")
-        out.append(("photo", _request("/v1/predict", body, ctype, host)))
-        b64 = json.dumps({"image_base64": base64.b64encode(p).decode()}).encode()
-        out.append(("base64", _request("/v1/predict", b64, "application/json", host)))
-        out.append(("pixels", _request("/v1/predict", _pixels_request(i), "application/json", host)))
-    return out
-
-
-# ------------------------------------------------------------------------------- the server
-
-
-class ServerUnderTest:
-    """`digitnet serve` in a subprocess (optionally another source tree), RSS sampled meanwhile."""
-
-    def __init__(self, cfg: HostileConfig, src: str | None) -> None:
-        self.port = free_port()
-        env = dict(os.environ)
-        if src is not None:
-            env["PYTHONPATH"] = str(Path(src).resolve() / "src")
-        cmd = [sys.executable, "-m", "digitnet", "serve", "--host", HOST, "--port", str(self.port),
-               "--model", cfg.model, "--workers", str(cfg.workers), "--backend", cfg.backend,
-               "--log-level", "warning"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=env)  # fmt: skip
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> ServerUnderTest:
-        wait_ready(self.port, self.proc, timeout=180)
-        self._sampler.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._sampler.join(timeout=5)
-        self.proc.terminate()
-        try:
-            self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            for child in self.tree()[1:]:
-                child.kill()
-            self.proc.kill()
-            self.proc.communicate()
-
-    def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def workers(self) -> list[int]:
-        """The live worker processes (not the supervisor, not multiprocessing's resource tracker)."""
-        out = []
-        for p in self.tree()[1:]:
-            with contextlib.suppress(psutil.Error):  # gone, or a zombie not yet reaped
-                if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()):
-                    out.append(p.pid)
-        return sorted(out)
-
-    def rss(self) -> int:
-        total = 0
-        for p in self.tree():
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total
-
-    def _sample(self) -> None:
-        t0 = time.monotonic()
-        while not self._stop.wait(0.1):
-            self.samples.append((time.monotonic() - t0, self.rss()))
-
-    def mark(self) -> int:
-        return len(self.samples)
-
-    def peak_mb(self, since: int = 0) -> float:
-        window = [r for _, r in self.samples[since:]] or [self.rss()]
-        return round(max(window) / 2**20, 1)
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(f"http://{HOST}:{self.port}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 async def _probe_health(port: int, stop: asyncio.Event, out: list[float]) -> None:
@@ -420,7 +275,7 @@ async def _steady(srv: ServerUnderTest, cfg: HostileConfig, duration: float, kil
 
 
 def _run_one(cfg: HostileConfig, src: str | None, scenario: str) -> dict[str, Any]:
-    with ServerUnderTest(cfg, src) as srv:
+    with ServerUnderTest(model=cfg.model, workers=cfg.workers, backend=cfg.backend, src=src) as srv:
         if scenario == "big":
             return asyncio.run(_big(srv, cfg))
         if scenario == "slow":
