@@ -178,3 +178,20 @@ def test_phone_viewport(server, browser, tmp_path):
     page.screenshot(path=str(tmp_path / "web-phone.png"), full_page=True)
     _keep(tmp_path / "web-phone.png")
     ctx.close()
+
+
+def test_api_docs_render_offline_under_the_security_policy(server, browser):
+    """Issue 15: /docs loaded Swagger UI from a CDN. Now every request stays on this server, the
+    page renders every operation, and the policy blocks nothing it needs."""
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    foreign: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((server, "data:")) else foreign.append(r.url))
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock", timeout=20000)
+    assert page.locator(".opblock").count() == 5
+    assert "/v1/predict" in page.locator(".opblock-summary-path").all_inner_texts()
+    assert foreign == [] and problems == [], (foreign, problems)
+    page.close()

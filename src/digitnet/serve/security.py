@@ -35,6 +35,7 @@ _RAW = [(k.encode(), v.encode()) for k, v in HEADERS.items()]
 SWAGGER_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
 DOCS_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>digitnet API</title>
+<link rel="icon" type="image/png" href="/docs-assets/favicon.png">
 <link rel="stylesheet" href="/docs-assets/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/docs-assets/swagger-ui-bundle.js"></script>
