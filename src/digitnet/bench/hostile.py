@@ -126,9 +126,11 @@ async def _big(srv: ServerUnderTest, cfg: HostileConfig) -> dict[str, Any]:
     res = await asyncio.gather(*(_one_shot(srv.port, raw, 120) for _ in range(n)))
     stop.set()
     await probe
+    await asyncio.sleep(3.0)  # then: is the memory given back, or does RSS stay at its peak?
+    after = round(srv.rss() / 2**20, 1)
     return {"uploads": n, "upload_bytes": len(body), "statuses": _statuses([s for s, _ in res]),
             "max_s": round(max(t for _, t in res), 2), "peak_rss_mb": srv.peak_mb(mark),
-            "alive_after": srv.healthy(), **_health(lat)}  # fmt: skip
+            "rss_mb_3s_after": after, "alive_after": srv.healthy(), **_health(lat)}  # fmt: skip
 
 
 async def _slow_one(port: int, size: int, drip_s: float, limit_s: float) -> tuple[int, float]:

@@ -243,7 +243,7 @@ def bench_serve(
 
 def _hostile_lines(report: dict[str, Any]) -> str:
     keys = {
-        "big": ("statuses", "peak_rss_mb", "max_s", "alive_after", "healthz_max_ms"),
+        "big": ("statuses", "peak_rss_mb", "rss_mb_3s_after", "max_s", "alive_after", "healthz_max_ms"),
         "slow": ("statuses", "closed_by_server", "closed_within_s", "peak_rss_mb", "healthz_max_ms"),
         "burst": ("statuses", "ok_within_2s_pct", "server_errors", "p50_s", "max_s", "peak_rss_mb"),
         "steady": ("good_photo_uploads_per_s", "good_per_s", "latency_ms", "good_errors", "bad_errors",
