@@ -120,11 +120,14 @@ async def decode_upload(
     label: str = "image",
     max_side: int | None = MAX_WORK_SIDE,
     retry_after_s: int = 1,
+    threads: Limiter | None = None,
 ) -> T:
     """Encoded image bytes → `then(image)`, where image is 8-bit and at most `max_side` on its longest
     side, decoded within `budget` (bytes of decoded pixels), waiting for room until `deadline`
     (`time.monotonic()`). `then` (e.g. `preprocess`) runs in the same worker thread, after the
-    budget's share is no longer needed by the full-size bitmap."""
+    budget's share is no longer needed by the full-size bitmap. `threads` (a `Limiter` of about one
+    unit per core) runs the decodes a few at a time in arrival order: on a burst the first requests
+    finish first, instead of all of them sharing the cores and all finishing late."""
     if len(data) <= INLINE_OPEN_BYTES:  # a small file's header: microseconds, no thread hop needed
         pending = _open(data, label, max_bytes, max_side)
     else:
@@ -148,7 +151,19 @@ async def decode_upload(
             {"Retry-After": str(retry_after_s)},
         ) from None
     try:
-        return await run_in_threadpool(_decode, pending, label, then)
+        if threads is None:
+            return await run_in_threadpool(_decode, pending, label, then)
+        try:
+            await threads.acquire(1, max(0.0, deadline - time.monotonic()))
+        except Overloaded:
+            raise HTTPError(
+                503, "overloaded", "the server is busy decoding images; retry shortly",
+                {"Retry-After": str(retry_after_s)},
+            ) from None  # fmt: skip
+        try:
+            return await run_in_threadpool(_decode, pending, label, then)
+        finally:
+            threads.release(1)
     finally:
         budget.release(cost)
         del pending

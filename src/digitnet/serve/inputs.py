@@ -66,6 +66,7 @@ async def _prepare(item: Item, state: ServeState, deadline: float) -> tuple[np.n
         max_bytes=limits.max_body_bytes,
         label=item.label,
         retry_after_s=limits.retry_after_s,
+        threads=state.decode_threads,
     )
 
 

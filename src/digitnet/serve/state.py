@@ -9,6 +9,7 @@ prediction slots and their queue, the decode memory budget and the body-buffer b
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -34,9 +35,11 @@ class ServeState:
     slots: Limiter = field(init=False)  # prediction requests at work, and the queue for them
     decode_budget: Limiter = field(init=False)  # bytes of decoded pixels in flight
     body_budget: Limiter = field(init=False)  # bytes of request bodies buffered
+    decode_threads: Limiter = field(init=False)  # image decodes running at once: one per core
 
     def __post_init__(self) -> None:
         lim = self.limits
+        self.decode_threads = Limiter(max(1, os.cpu_count() or 1), name="decode threads")
         self.slots = Limiter(lim.max_concurrency, max_waiting=lim.max_queue, name="prediction slots")
         self.decode_budget = Limiter(lim.max_decode_bytes, name="bytes of decode memory")
         self.body_budget = Limiter(lim.max_buffered_bytes, name="buffered body bytes")
