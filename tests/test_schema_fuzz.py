@@ -86,12 +86,15 @@ def test_every_operation_is_fuzzed(openapi):
     assert found == set(OPERATIONS)
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
-@pytest.mark.parametrize(("path", "method"), OPERATIONS)
+# A GET without parameters has no invalid form: only the POST routes get negative requests.
+CASES = [(p, m, GenerationMode.POSITIVE) for p, m in OPERATIONS] + [
+    (p, m, GenerationMode.NEGATIVE) for p, m in OPERATIONS if m == "POST"
+]
+
+
+@pytest.mark.parametrize(("path", "method", "mode"), CASES, ids=lambda v: str(v))
 def test_the_server_does_what_its_schema_says(openapi, path, method, mode):
     operation = openapi[path][method]
-    if mode is GenerationMode.NEGATIVE and method == "GET":
-        pytest.skip("a GET without parameters has no invalid form")
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
