@@ -101,3 +101,41 @@ def clean_data_env(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DIGITNET_TIMEOUT", "2")
     monkeypatch.setenv("DIGITNET_RETRIES", "1")
     return tmp_path / "xdg-cache" / "digitnet" / "mnist"
+
+
+# --- service fixtures (tests/test_serve.py, test_serve_hostile.py, test_schema_fuzz.py) ---------
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """An untrained CNN saved the way training saves it."""
+    import torch
+
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("run") / "model.pt"
+    save_checkpoint(path, build_model("cnn").eval(), model_name="cnn", temperature=1.0, unsure_threshold=0.5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt):
+    import torch
+
+    from digitnet.inference.predictor import Predictor
+
+    threads = torch.get_num_threads()
+    yield Predictor.load(ckpt, threads=1)  # as the server loads it: one torch thread, process-wide
+    torch.set_num_threads(threads)  # this module changed it on purpose; later modules get it back
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    from fastapi.testclient import TestClient
+
+    from digitnet.serve import create_app
+
+    with TestClient(create_app(predictor=predictor)) as c:
+        yield c

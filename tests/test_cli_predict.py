@@ -175,3 +175,33 @@ def test_bench_predict_json(run):
     assert row["backend"] == "torch" and row["batch_size"] == 64
     assert row["latency_p99_ms"] >= row["latency_p50_ms"] and row["e2e_p50_ms"] >= row["latency_p50_ms"]
     assert out["environment"]["cpu_count"] >= 1
+
+
+EVIL = """
+import pickle, sys
+class Evil:
+    def __reduce__(self):
+        return (print, ("PWNED",))
+open(sys.argv[1], "wb").write(pickle.dumps({"format": "digitnet-checkpoint/1", "state_dict": Evil()}))
+"""
+
+
+def test_a_pickle_with_code_is_refused_in_one_line_without_unsafe_advice(tmp_path):
+    """Issue 15: the refusal quoted PyTorch's advice to rerun with weights_only=False, after a torch
+    warning; now it is one line of ours, and the file's code never runs."""
+    import warnings
+
+    from digitnet.checkpoint import read_checkpoint
+    from digitnet.errors import ModelError
+
+    evil = tmp_path / "evil.pt"
+    subprocess.run([sys.executable, "-c", EVIL, str(evil)], check=True, timeout=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's protocol warning would raise here
+        with pytest.raises(ModelError) as err:
+            read_checkpoint(evil)
+    message = str(err.value)
+    assert "weights_only" not in message and "\n" not in message and "never runs code" in message
+    r = digitnet("predict", "--model", str(evil), str(evil))
+    assert r.returncode == 2 and "PWNED" not in r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "weights_only" not in r.stderr

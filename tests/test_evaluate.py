@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from digitnet.errors import InputError
+from digitnet.errors import InputError, ModelError
 from digitnet.evaluation.evaluate import (
     calibration,
     evaluate_probs,
@@ -256,3 +256,13 @@ def test_list_and_sort_runs(tmp_path):
         sort_runs(rows, "colour")
     with pytest.raises(InputError, match="no such folder"):
         list_runs(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2, 3]", ""])
+def test_a_garbage_metrics_json_is_an_error_not_a_report(tmp_path, text):
+    """Issue 15: `evaluate` on a run whose metrics.json is garbage used to exit 0 with {} in it."""
+    run = make_run(tmp_path / "run", model="seed-mlp")
+    (run / "metrics.json").write_text(text)
+    with pytest.raises(ModelError, match=r"metrics\.json"):
+        evaluate_run(run, synthetic_data(20))
+    assert not (run / "report.json").exists()

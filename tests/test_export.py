@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from digitnet.errors import ModelError
-from digitnet.inference.export import export_onnx, read_metadata
+from digitnet.errors import DigitnetWarning, ModelError
+from digitnet.inference.export import export_onnx, read_metadata, record_path
 from digitnet.inference.predictor import Predictor
 
 
@@ -82,9 +82,91 @@ def test_onnx_backend_reads_metadata_and_any_batch(exported):
 def test_stale_export_is_ignored_by_auto(tmp_path, exported):
     run = make_run(tmp_path, temperature=2.0)  # not the exported checkpoint
     (run / "model.onnx").write_bytes(exported[1].read_bytes())
-    assert Predictor.load(run).backend == "torch"
+    record_path(run / "model.onnx").write_bytes(record_path(exported[1]).read_bytes())
+    assert Predictor.load(run).backend == "torch"  # intact but stale: quietly not used
     (run / "model.onnx").write_bytes(b"garbage")
-    assert Predictor.load(run).backend == "torch"
+    with pytest.warns(DigitnetWarning, match="does not match"):
+        assert Predictor.load(run).backend == "torch"
+
+
+# ---------------------------------------------------- issue 15, finding 4: a tampered model.onnx
+
+
+def tamper(onnx_file):
+    """Zero the largest initializer in place: the metadata (and its checkpoint hash) still read fine."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_file))
+    init = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    onnx_file.write_bytes(proto.SerializeToString())
+
+
+@pytest.fixture
+def tampered(tmp_path, exported):
+    run, onnx_file = exported
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in (run / "model.pt", onnx_file, record_path(onnx_file)):
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert Predictor.load(copy).backend == "onnx"  # intact, the copy is trusted
+    tamper(copy / "model.onnx")
+    assert read_metadata((copy / "model.onnx").read_bytes())["model"] == "cnn"  # metadata still fine
+    return copy
+
+
+def test_export_records_the_files_own_sha256(exported):
+    import hashlib
+
+    _, onnx_file = exported
+    digest, name = record_path(onnx_file).read_text().split()
+    assert name == "model.onnx" and digest == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    r = subprocess.run(
+        ["sha256sum", "-c", record_path(onnx_file).name], cwd=onnx_file.parent, capture_output=True
+    )
+    assert r.returncode == 0
+
+
+def test_tampered_onnx_auto_falls_back_to_torch_with_a_warning(tampered):
+    x = np.random.default_rng(0).random((8, 28, 28)).astype(np.float32)
+    with pytest.warns(DigitnetWarning, match="SHA-256 does not match") as caught:
+        auto = Predictor.load(tampered)
+    assert auto.backend == "torch" and len(caught) == 1 and "\n" not in str(caught[0].message)
+    np.testing.assert_allclose(
+        auto.predict_proba(x), Predictor.load(tampered, backend="torch").predict_proba(x)
+    )
+
+
+def test_tampered_or_corrupt_onnx_is_refused_by_backend_onnx(tampered):
+    with pytest.raises(ModelError, match="SHA-256 does not match"):
+        Predictor.load(tampered, backend="onnx")
+    data = (tampered / "model.onnx").read_bytes()
+    (tampered / "model.onnx").write_bytes(data[: len(data) // 2])  # truncated: an error, not a re-export
+    with pytest.raises(ModelError, match=r"model\.onnx: SHA-256"):
+        Predictor.load(tampered, backend="onnx")
+    record_path(tampered / "model.onnx").unlink()  # an export without its record is not trusted either
+    with pytest.raises(ModelError, match="no recorded SHA-256"):
+        Predictor.load(tampered, backend="onnx")
+
+
+def test_bundled_model_onnx_matches_its_record():
+    assert Predictor.load("default").backend == "onnx"
+
+
+@pytest.mark.slow  # two fresh processes that import torch: 6 s
+def test_predict_cli_on_a_tampered_onnx(tampered, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "d.png"
+    Image.new("L", (28, 28), 0).save(img)
+    base = [sys.executable, "-m", "digitnet", "predict", "--model", str(tampered), "--json", str(img)]
+    auto = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert auto.returncode == 0, auto.stderr
+    lines = auto.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "torch backend" in lines[0], auto.stderr
+    onnx = subprocess.run([*base, "--backend", "onnx"], capture_output=True, text=True, timeout=120)
+    assert onnx.returncode == 2 and onnx.stderr.startswith("error: ") and "SHA-256" in onnx.stderr
 
 
 def test_not_a_digitnet_onnx(tmp_path):

@@ -139,39 +139,19 @@ class FakePredictor:
         time.sleep(self.delay)
         return [self._one(np.zeros((28, 28), np.float32)) for _ in images]
 
+    # the halves the server's micro-batcher uses
+    def model_outputs(self, x):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("secret internal detail")
+        time.sleep(self.delay)
+        return np.zeros((len(x), 10), np.float32)
+
+    def predictions_from_outputs(self, images, outputs, *, empty):
+        return [self._one(im) for im in images]
+
 
 # --------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """An untrained CNN saved the way training saves it."""
-    import torch
-
-    from digitnet.checkpoint import save_checkpoint
-    from digitnet.models import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("run") / "model.pt"
-    save_checkpoint(path, build_model("cnn").eval(), model_name="cnn", temperature=1.0, unsure_threshold=0.5)
-    return path
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt):
-    import torch
-
-    from digitnet.inference.predictor import Predictor
-
-    threads = torch.get_num_threads()
-    yield Predictor.load(ckpt, threads=1)  # as the server loads it: one torch thread, process-wide
-    torch.set_num_threads(threads)  # this module changed it on purpose; later modules get it back
-
-
-@pytest.fixture(scope="module")
-def client(predictor):
-    with TestClient(create_app(predictor=predictor)) as c:
-        yield c
 
 
 def post_file(
@@ -473,17 +453,23 @@ def test_a_refused_body_closes_the_connection(predictor):
 # ------------------------------------------------------------------------------ overload, crashes
 
 
+INK = [255] * 784  # not empty: reaches the model
+
+
 def test_overload_is_refused_at_once_with_retry_after():
+    """Real overload (every slot busy and the queue full) is refused at once, not queued."""
+    from digitnet.serve.limits import Limits
+
     slow = FakePredictor(delay=0.8)
-    with TestClient(create_app(predictor=slow, max_concurrency=1)) as c:
+    with TestClient(create_app(predictor=slow, limits=Limits(max_concurrency=1, max_queue=0))) as c:
         first: dict = {}
-        t = threading.Thread(target=lambda: first.update(r=c.post("/v1/predict", json={"pixels": [0] * 784})))
+        t = threading.Thread(target=lambda: first.update(r=c.post("/v1/predict", json={"pixels": INK})))
         t.start()
         deadline = time.monotonic() + 5
         while slow.calls == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         t0 = time.monotonic()
-        r = c.post("/v1/predict", json={"pixels": [0] * 784})
+        r = c.post("/v1/predict", json={"pixels": INK})
         refused_in = time.monotonic() - t0
         t.join()
         assert_error(r, 503, "overloaded")
@@ -491,13 +477,13 @@ def test_overload_is_refused_at_once_with_retry_after():
         assert refused_in < 0.5  # not queued behind the slow request
         assert first["r"].status_code == 200
         assert c.get("/healthz").status_code == 200  # non-prediction routes are not capped
-        assert c.post("/v1/predict", json={"pixels": [0] * 784}).status_code == 200  # slot released
+        assert c.post("/v1/predict", json={"pixels": INK}).status_code == 200  # slot released
         assert "digitnet_overload_rejections_total 1" in c.get("/metrics").text
 
 
 def test_an_internal_failure_is_a_plain_500_without_details():
     with TestClient(create_app(predictor=FakePredictor(fail=True)), raise_server_exceptions=False) as c:
-        r = c.post("/v1/predict", json={"pixels": [0] * 784})
+        r = c.post("/v1/predict", json={"pixels": INK})
         err = assert_error(r, 500, "internal_error")
         assert (
             "secret" not in r.text

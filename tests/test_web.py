@@ -263,4 +263,20 @@ def test_a_scribble_is_not_a_digit_on_the_page(server, browser):
         "() => document.querySelector('#confidence').textContent.startsWith('No digit found')", timeout=10000
     )
     assert page.locator("#result").get_attribute("data-state") == "empty"
+
+
+def test_api_docs_render_offline_under_the_security_policy(server, browser):
+    """Issue 15: /docs loaded Swagger UI from a CDN. Now every request stays on this server, the
+    page renders every operation, and the policy blocks nothing it needs."""
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    foreign: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((server, "data:")) else foreign.append(r.url))
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock", timeout=20000)
+    assert page.locator(".opblock").count() == 5
+    assert "/v1/predict" in page.locator(".opblock-summary-path").all_inner_texts()
+    assert foreign == [] and problems == [], (foreign, problems)
     page.close()

@@ -27,7 +27,6 @@ import digitnet.training.runfolder as runfolder
 from digitnet.checkpoint import load_checkpoint
 from digitnet.inference.batching import as_batch
 from digitnet.inference.predictor import Predictor
-from digitnet.inference.preprocess import decode_image
 from digitnet.inference.reader import NumberReading, Reader
 from digitnet.models import count_parameters, network_kwargs
 from digitnet.training.config import TrainConfig, field_names
@@ -55,8 +54,6 @@ def read_number(image: Any, *, model: str | Path = "default") -> NumberReading:
     image's pixels, and the 28×28 image of each) and `.marks` (glyphs that are not digits).
 
     `model`: the bundled reader ("default") or a `reader` run folder; loaded once per process."""
-    if isinstance(image, str | Path | bytes | bytearray | memoryview):
-        image = decode_image(bytes(image) if isinstance(image, bytearray | memoryview) else image)
     return _reader(str(model)).read(image)
 
 
@@ -266,7 +263,7 @@ class DigitClassifier:
             reader = Reader.from_module(
                 self.model_, temperature=self.temperature_, unsure_threshold=self.unsure_threshold_
             )
-            return reader.read(decode_image(image) if isinstance(image, str | Path | bytes) else image)
+            return reader.read(image)
         return read_number(image)
 
     # -- persistence ----------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,13 +109,27 @@ def read_checkpoint(spec: str | Path) -> tuple[dict[str, Any], Path]:
     if size > MAX_CHECKPOINT_BYTES:
         raise ModelError(f"{path}: {size:,} bytes is larger than any digitnet checkpoint; refusing to load")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle with code, truncated file …
-        raise ModelError(f"{path}: not a readable digitnet checkpoint ({first_line(exc)})") from None
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # PyTorch's message suggests weights_only=False, i.e. running the file's code: never say that.
+        raise ModelError(
+            f"{path}: not a readable digitnet checkpoint (not tensors and plain data; "
+            "digitnet never runs code from a model file)"
+        ) from None
+    except Exception as exc:  # corrupt zip, truncated file …
+        raise ModelError(f"{path}: not a readable digitnet checkpoint ({_torch_reason(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ModelError(f"{path}: not a digitnet checkpoint (format {found!r})")
     return ckpt, path
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """PyTorch's first line, without any advice to load with weights_only=False."""
+    line = first_line(exc)
+    return "unreadable" if "weights_only" in line or "Weights only" in line else line
 
 
 def load_checkpoint(spec: str | Path) -> LoadedModel:

@@ -28,3 +28,8 @@ class ModelError(DigitnetError):
 
 class ConfigError(DigitnetError, ValueError):
     """A configuration value is out of range or inconsistent."""
+
+
+class DigitnetWarning(UserWarning):
+    """Something the user should know, with a one-line message; the work goes on (the CLI prints
+    `warning: …` on stderr, the server logs it)."""

@@ -25,7 +25,6 @@ from digitnet.bench.common import environment, ms
 from digitnet.data import TestSplit
 from digitnet.data.synth import SPACINGS, number, photo
 from digitnet.errors import ConfigError
-from digitnet.inference.preprocess import decode_image
 from digitnet.inference.reader import Reader
 
 PEERS = ("tesseract",)
@@ -133,11 +132,11 @@ def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="digitnet-bench-read-") as tmp:
         cases = make_photos(data, cfg, Path(tmp))
-        reader.read_file(cases[0]["file"])  # warm-up: first-call allocations, not reading
+        reader.read(cases[0]["file"])  # warm-up: first-call allocations, not reading
         answers, seconds = [], []
         for case in cases:
             t = time.perf_counter()
-            answers.append(reader.read(decode_image(case["file"])).number)  # decode → read, end to end
+            answers.append(reader.read(case["file"]).number)  # decode → read, end to end
             seconds.append(time.perf_counter() - t)
         results["digitnet"] = score(cases, answers, seconds)
         if cfg.peer == "tesseract":

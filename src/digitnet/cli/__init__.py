@@ -12,13 +12,15 @@ the project's 2-core EPYC: `python -X importtime -m digitnet --help`; `import to
 from __future__ import annotations
 
 import sys
+import warnings
+from typing import Any
 
 import click
 import typer
 from rich.console import Console
 
 from digitnet.cli import bench, data, evaluate, predict, read, serve, train
-from digitnet.errors import DigitnetError
+from digitnet.errors import DigitnetError, DigitnetWarning
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -34,7 +36,19 @@ for _module in (data, train, evaluate, predict, read, serve, bench):
     _module.register(app)
 
 
+_show_warning = warnings.showwarning
+
+
+def _warning_line(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """digitnet's own warnings are one line for a person (`warning: …`); others keep Python's form."""
+    if issubclass(category, DigitnetWarning):
+        err_console.print(f"warning: {message}", markup=False)
+    else:
+        _show_warning(message, category, *args, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> None:
+    warnings.showwarning = _warning_line
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc:

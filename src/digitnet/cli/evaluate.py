@@ -34,8 +34,10 @@ def evaluate_cmd(
     from digitnet.checkpoint import resolve_model_path
     from digitnet.evaluation.evaluate import evaluate_run
     from digitnet.evaluation.report import write_report
+    from digitnet.evaluation.runs import read_json
 
-    resolve_model_path(run)  # a wrong path fails before the data is loaded
+    resolve_model_path(run)  # a wrong path fails before the data is loaded …
+    read_json(run / "metrics.json", strict=True)  # … and so does a garbage metrics.json
     console = Console(highlight=False)
     data = load_data(dataset, data_dir, offline, no_verify)
     m = evaluate_run(run, data)

@@ -48,8 +48,7 @@ def read_cmd(
     threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's).")] = None,
 ) -> None:
     """Read the whole number in each image: its digits left to right, a box and confidence each."""
-    from digitnet.inference.preprocess import decode_image
-    from digitnet.inference.reader import Reader
+    from digitnet.inference.reader import Reader, decode_for_reading
 
     files, errors = expand_paths(paths)
     rows: list[dict[str, Any]] = []
@@ -60,7 +59,7 @@ def read_cmd(
         reader = Reader.load(model, threads=threads)
         for f in files:
             try:
-                img = decode_image(f)
+                img = decode_for_reading(f)
             except InputError as exc:
                 err_console.print(f"error: {exc}", markup=False)
                 rows.append({"file": str(f), "error": str(exc)})

@@ -35,6 +35,28 @@ def serve_cmd(
         ),
     ] = "auto",
     threads: Annotated[int, typer.Option(help="Inference threads per worker.")] = 1,
+    max_queue: Annotated[
+        int,
+        typer.Option("--max-queue", help="Prediction requests waiting for a slot per worker (503 above)."),
+    ] = 512,
+    queue_timeout: Annotated[
+        float, typer.Option("--queue-timeout", help="Longest wait for a slot, seconds (then 503).")
+    ] = 3.0,
+    decode_budget_mb: Annotated[
+        int,
+        typer.Option(
+            "--decode-budget-mb", help="Decoded image memory in flight, MiB, shared by all workers."
+        ),
+    ] = 384,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", help="Open connections per worker (503 above).")
+    ] = 512,
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", help="Seconds to send request headers (then 408).")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", help="Seconds to send the whole request body (then 408).")
+    ] = 20.0,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
     ] = False,
@@ -53,10 +75,23 @@ def serve_cmd(
         raise ConfigError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"unknown log level {log_level!r}")
-    Limits(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)  # validates both
+    if not 16 <= decode_budget_mb <= 65536:
+        raise ConfigError(f"--decode-budget-mb must be between 16 and 65536, got {decode_budget_mb}")
+    limits = Limits(  # validates every bound; the two memory budgets are the whole server's
+        max_body_bytes=max_body_bytes,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        queue_timeout_s=queue_timeout,
+        max_decode_bytes=per_worker(decode_budget_mb * MiB, workers, LARGEST_DECODE),
+        max_buffered_bytes=per_worker(Limits.max_buffered_bytes, workers, max_body_bytes),
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+    )
     from digitnet.checkpoint import resolve_model_path
     from digitnet.inference.predictor import Predictor
     from digitnet.serve.app import ENV_PREFIX, create_app
+    from digitnet.serve.protocol import ENV_LIMITS, IMPORT_NAME, protocol_class
 
     if model != "default" and not model.endswith(".onnx"):
         model = str(resolve_model_path(model))  # absolute: worker processes may not share our cwd
@@ -72,12 +107,10 @@ def serve_cmd(
         proxy_headers=False,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
+        backlog=max(2048, limits.max_connections * workers),
     )
     if workers == 1:
-        uvicorn.run(
-            create_app(predictor=predictor, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency),
-            **common,
-        )
+        uvicorn.run(create_app(predictor=predictor, limits=limits), http=protocol_class(limits), **common)
         return
     # Every worker process builds its own app from these (uvicorn imports the factory in each).
     os.environ.update(
@@ -87,10 +120,22 @@ def serve_cmd(
             ENV_PREFIX + "MAX_CONCURRENCY": str(max_concurrency),
             ENV_PREFIX + "BACKEND": backend,
             ENV_PREFIX + "THREADS": str(threads),
+            ENV_LIMITS: limits.to_json(),
         }
     )
     del predictor
-    uvicorn.run("digitnet.serve.app:app_from_env", factory=True, workers=workers, **common)
+    uvicorn.run("digitnet.serve.app:app_from_env", factory=True, workers=workers, http=IMPORT_NAME, **common)
+
+
+MiB = 1024 * 1024
+# The decode memory of the largest image the service takes (40 M pixels, RGBA, plus one strip and
+# the result: `inference.decode.PendingImage.cost_bytes`): a worker's budget never goes below it.
+LARGEST_DECODE = 40_000_000 * 4 + 8 * MiB + 640 * 640 * 4
+
+
+def per_worker(total: int, workers: int, floor: int) -> int:
+    """A whole-server memory budget split between worker processes, never below `floor` each."""
+    return max(total // workers, min(floor, total))
 
 
 def bench_serve(
@@ -118,9 +163,45 @@ def bench_serve(
     ] = None,
     warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each run.")] = 2.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    hostile: Annotated[
+        bool,
+        typer.Option(
+            "--hostile",
+            help="Hostile load instead: huge PNGs, slow bodies, a burst, steady mixed traffic, "
+            "a killed worker.",
+        ),
+    ] = False,
+    scenarios: Annotated[
+        str, typer.Option(help="--hostile: comma-separated among big, slow, burst, steady, kill.")
+    ] = "big,slow,burst,steady",
+    baseline_src: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline-src", help="--hostile: also run each scenario on this source tree's server."
+        ),
+    ] = None,
+    scale: Annotated[
+        float, typer.Option(help="--hostile: scale connections and durations down for a quick check (0-1).")
+    ] = 1.0,
 ) -> None:
     """Load-test the HTTP service on 127.0.0.1: requests/s, p50/p99 latency, errors."""
     from digitnet.bench.serve import ServeBenchConfig, run_bench_serve
+
+    if hostile:
+        from digitnet.bench.hostile import HostileConfig, run_hostile
+
+        hcfg = HostileConfig(
+            scenarios=tuple(s.strip() for s in scenarios.split(",") if s.strip()),
+            workers=workers,
+            model=model,
+            backend=backend,
+            baseline_src=baseline_src,
+            scale=scale,
+            steady_s=duration if duration != 30.0 else 60.0,
+        )
+        report = run_hostile(hcfg)
+        typer.echo(json.dumps(report, indent=2) if json_out else _hostile_lines(report))
+        return
 
     if mode not in ("good", "mixed", "both"):
         raise ConfigError(f"mode must be good, mixed or both, got {mode!r}")
@@ -158,6 +239,23 @@ def bench_serve(
                 typer.echo(f"       error: {sample}")
     if json_out:
         typer.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+
+
+def _hostile_lines(report: dict[str, Any]) -> str:
+    keys = {
+        "big": ("statuses", "peak_rss_mb", "rss_mb_3s_after", "max_s", "alive_after", "healthz_max_ms"),
+        "slow": ("statuses", "closed_by_server", "closed_within_s", "peak_rss_mb", "healthz_max_ms"),
+        "burst": ("statuses", "ok_within_2s_pct", "server_errors", "p50_s", "max_s", "peak_rss_mb"),
+        "steady": ("good_photo_uploads_per_s", "good_per_s", "latency_ms", "good_errors", "bad_errors",
+                   "rss_mb_after_warmup", "rss_mb_at_end"),
+        "kill": ("good_per_s", "good_errors", "kill"),
+    }  # fmt: skip
+    lines = [f"{report['cpu']} ({report['cpus']} CPUs), {report['date']}, load {report['loadavg_1m_before']}"]
+    for name, row in report["results"].items():
+        for side, res in row.items():
+            shown = {k: res.get(k) for k in keys[name]}
+            lines.append(f"{name:>6} {side:>8}: {json.dumps(shown)}")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:

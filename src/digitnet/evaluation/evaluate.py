@@ -173,6 +173,7 @@ def evaluate_run(
     run = Path(run)
     if not run.is_dir():
         raise ModelError(f"{run}: not a run folder")
+    train_metrics = read_json(run / "metrics.json", strict=True)  # garbage is an error, before the work
     probs, predictor = run_probabilities(run, data.x_test)
     ckpt, _ = read_checkpoint(run)
     y = np.asarray(data.y_test, dtype=np.int64)
@@ -189,7 +190,7 @@ def evaluate_run(
             "model": predictor.name,
             "config": ckpt.get("config", {}),
             "temperature": predictor.temperature,
-            "train_metrics": read_json(run / "metrics.json"),
+            "train_metrics": train_metrics,
             "data": {
                 "name": data.name,
                 "source": str(getattr(data, "source", "")),

@@ -9,20 +9,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from digitnet.errors import InputError
+from digitnet.errors import InputError, ModelError
 
 # The original notebook's seed-mlp result: the baseline when no seed-mlp run sits beside this one.
 SEED_MLP_REFERENCE = 0.9285
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path, *, strict: bool = False) -> dict[str, Any]:
+    """A JSON object from `path`; {} when the file is absent. An unreadable file, or JSON that is not
+    an object, is {} too (a listing skips it), or with `strict` a `ModelError` naming the file."""
     if not path.is_file():
         return {}
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise ModelError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        if strict:
+            raise ModelError(f"{path}: expected a JSON object, found {type(value).__name__}")
+        return {}
+    return value
 
 
 def seed_mlp_baseline(run: Path, accuracy: float) -> dict[str, Any]:

@@ -5,11 +5,17 @@ normalisation is inside the graph. Calibration travels as ONNX `metadata_props`
 (`digitnet.temperature`, `digitnet.unsure_threshold`, `digitnet.model`, `digitnet.version`,
 `digitnet.views`: the test-time augmentation copies of each image the graph runs), so
 the ONNX backend of `Predictor` needs nothing but the .onnx file.
+
+Integrity: a hash written inside the file cannot vouch for the file (zero one initializer and the
+metadata still reads fine). So `export_onnx` also records the file's own SHA-256 beside it, in
+`model.onnx.sha256` (the `sha256sum` format, `sha256sum -c` checks it), and `verify_onnx` is what
+every loader asks before trusting an export: the bytes must hash to the record.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import warnings
@@ -131,10 +137,44 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
         raise ModelError(f"{source}: digitnet ONNX metadata is incomplete; re-export it") from None
 
 
+def record_path(onnx_file: Path) -> Path:
+    """Where the SHA-256 of `onnx_file` is recorded: `model.onnx` → `model.onnx.sha256`."""
+    return onnx_file.with_name(onnx_file.name + ".sha256")
+
+
+def write_record(onnx_file: Path, data: bytes) -> None:
+    atomic_write_bytes(
+        record_path(onnx_file), f"{hashlib.sha256(data).hexdigest()}  {onnx_file.name}\n".encode()
+    )
+
+
+def verify_onnx(onnx_file: Path) -> tuple[bytes, str | None]:
+    """The file's bytes, and None if they hash to the recorded SHA-256, else the one-line reason not
+    to trust them. The bytes returned are the ones hashed: the caller loads exactly what was checked."""
+    try:
+        data = onnx_file.read_bytes()
+    except OSError as exc:
+        return b"", f"{onnx_file}: cannot read ({exc.strerror or exc})"
+    record = record_path(onnx_file)
+    try:
+        recorded = record.read_text().split()[0].lower() if record.is_file() else ""
+    except (OSError, UnicodeDecodeError, IndexError):
+        recorded = ""
+    if not recorded:
+        return data, f"{onnx_file}: no recorded SHA-256 ({record.name}); re-export it with `digitnet export`"
+    if hashlib.sha256(data).hexdigest() != recorded:
+        return data, (
+            f"{onnx_file}: SHA-256 does not match the one recorded at export ({record.name}): "
+            "the file was modified or damaged; re-export it with `digitnet export`"
+        )
+    return data, None
+
+
 def export_onnx(model_spec: str | Path, out: str | Path | None = None, *, opset: int = OPSET) -> Path:
     """Export a run folder / model file / "default" to ONNX; default `out` is model.onnx beside it.
 
-    Written atomically (temp file + rename), so a reader never sees a half-written model.
+    Written atomically (temp file + rename), so a reader never sees a half-written model; then its
+    SHA-256 is recorded beside it (`record_path`), which loaders check before trusting the file.
     """
     loaded = load_checkpoint(model_spec)
     target = (
@@ -145,6 +185,7 @@ def export_onnx(model_spec: str | Path, out: str | Path | None = None, *, opset:
     data = onnx_bytes(loaded, opset=opset)
     try:
         atomic_write_bytes(target, data)
+        write_record(target, data)
     except OSError as exc:
         raise ModelError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target

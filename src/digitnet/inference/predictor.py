@@ -11,6 +11,7 @@ Loading is one trip downward: `checkpoint.load_checkpoint` for the weights, then
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,10 @@ from PIL import Image
 from torch import nn
 
 from digitnet.checkpoint import checkpoint_version, file_sha256, load_checkpoint, resolve_model_path
-from digitnet.errors import ConfigError, ModelError
+from digitnet.errors import ConfigError, DigitnetWarning, ModelError
 from digitnet.inference.batching import as_batch_array
 from digitnet.inference.calibration import softmax
-from digitnet.inference.export import onnx_bytes, read_metadata
+from digitnet.inference.export import onnx_bytes, read_metadata, verify_onnx
 from digitnet.inference.folding import fast_module
 from digitnet.inference.preprocess import MIN_CONTRAST, as_mnist, decode_image, preprocess
 from digitnet.models import views_per_image
@@ -147,11 +148,17 @@ class Predictor:
             raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
         if threads is not None and threads < 1:
             raise ConfigError("threads must be >= 1")
-        onnx_file = _onnx_beside(model)
+        onnx_file, data, problem = _onnx_beside(model)
+        if problem is not None and str(model).endswith(".onnx"):
+            raise ModelError(problem)  # the file named is the model: nothing to fall back to
         if backend == "auto":
-            backend = "onnx" if onnx_file is not None else "torch"
+            if problem is not None:  # an export is there but cannot be trusted: say so, use torch
+                warnings.warn(f"{problem}; using the torch backend instead", DigitnetWarning, stacklevel=2)
+            backend = "onnx" if onnx_file is not None and problem is None else "torch"
         if backend == "onnx":
-            return cls._load_onnx(model, onnx_file, threads)
+            if problem is not None:
+                raise ModelError(problem)
+            return cls._load_onnx(model, onnx_file, data, threads)
         if str(model).endswith(".onnx"):
             raise ModelError(f"{model}: an .onnx file runs only with backend 'onnx'")
         return cls._load_torch(model, threads)
@@ -174,9 +181,11 @@ class Predictor:
         )
 
     @classmethod
-    def _load_onnx(cls, model: str | Path, onnx_file: Path | None, threads: int | None) -> Predictor:
+    def _load_onnx(
+        cls, model: str | Path, onnx_file: Path | None, verified: bytes, threads: int | None
+    ) -> Predictor:
         if onnx_file is not None:
-            data, source = onnx_file.read_bytes(), str(onnx_file)
+            data, source = verified, str(onnx_file)
         else:  # no exported file beside the checkpoint: export in memory (a few seconds, once)
             loaded = load_checkpoint(model)
             data, source = onnx_bytes(loaded), str(loaded.path)
@@ -222,26 +231,41 @@ class Predictor:
     def predict_arrays(self, images: np.ndarray, *, empty: list[bool] | None = None) -> list[Prediction]:
         """Predictions for images already in MNIST form, (N, 28, 28) uint8 or float [0, 1]."""
         xb4 = as_batch_array(images)  # (N, 1, 28, 28), validated once
-        xb = xb4[:, 0]  # (N, 28, 28)
-        empty = list(empty) if empty is not None else [False] * len(xb)
+        empty = list(empty) if empty is not None else [False] * len(xb4)
         live = [i for i, e in enumerate(empty) if not e]
-        probs = (
-            softmax(self._logits_checked(xb4[live]), self.temperature)
-            if live
-            else np.zeros((0, 10), np.float32)
-        )
+        outputs = self._logits_checked(xb4[live]) if live else np.zeros((0, 10), np.float32)
+        return self.predictions_from_outputs(xb4[:, 0], outputs, empty=empty)
+
+    # The two halves of `predict_arrays`, for callers that batch model calls across requests
+    # (the server's micro-batcher): `model_outputs` is the batched array function, rows in = rows
+    # out; `predictions_from_outputs` turns a caller's own rows back into `Prediction`s.
+    def model_outputs(self, x: Any) -> np.ndarray:
+        """The model's raw outputs for a batch: logits (N, 10) float32 (see `logits`)."""
+        return self.logits(x)
+
+    def predictions_from_outputs(
+        self, images: np.ndarray, outputs: np.ndarray, *, empty: list[bool]
+    ) -> list[Prediction]:
+        """`Prediction`s for images (N, 28, 28) in [0, 1] (what the model saw), given `outputs` of
+        `model_outputs` for the non-empty ones only, in order."""
+        live = [i for i, e in enumerate(empty) if not e]
+        if len(outputs) != len(live) or len(empty) != len(images):
+            raise ValueError(
+                f"{len(outputs)} model outputs for {len(live)} non-empty of {len(images)} images"
+            )
+        probs = softmax(np.asarray(outputs, np.float32), self.temperature) if live else outputs
         out: list[Prediction] = []
         rows = iter(probs)
         for i, is_empty in enumerate(empty):
             if is_empty:
-                out.append(Prediction(None, 0.0, [0.0] * 10, True, True, xb[i], "empty"))
+                out.append(Prediction(None, 0.0, [0.0] * 10, True, True, images[i], "empty"))
                 continue
             p = next(rows)
             digit = int(p.argmax())
             conf = float(p[digit])
             status = self.status(conf)
             out.append(
-                Prediction(digit, conf, [float(v) for v in p], status != "digit", False, xb[i], status)
+                Prediction(digit, conf, [float(v) for v in p], status != "digit", False, images[i], status)
             )
         return out
 
@@ -278,20 +302,33 @@ class Predictor:
 _preprocess = preprocess  # `predict_images`' keyword `preprocess` shadows the function inside it
 
 
-def _onnx_beside(model: str | Path) -> Path | None:
-    """An .onnx file given directly, or the export next to the checkpoint (model.pt → model.onnx)
-    when its metadata names this very checkpoint (sha256): a stale export is never used."""
+def _onnx_beside(model: str | Path) -> tuple[Path | None, bytes, str | None]:
+    """The ONNX export to use for `model`: (file, its verified bytes, None), or (None, b"", None)
+    when there is none to use, or (file, b"", reason) when one is there but cannot be trusted.
+
+    An .onnx file given directly must match its recorded SHA-256 when it has a record. The export
+    beside a checkpoint (model.pt → model.onnx) must match its record (`export.verify_onnx`) and name
+    this very checkpoint in its metadata; one made from an older checkpoint (stale) is not used.
+    """
     if str(model).endswith(".onnx"):
         path = Path(model).expanduser()
         if not path.is_file():
             raise ModelError(f"no ONNX model at {model}")
-        return path
+        data, problem = verify_onnx(path)
+        if problem is not None and "no recorded SHA-256" in problem:
+            return path, data, None  # a file the user names, exported elsewhere: theirs to vouch for
+        return path, data, problem
     pt = resolve_model_path(model)
     onnx = pt.with_suffix(".onnx")
     if not onnx.is_file():
-        return None
+        return None, b"", None
+    data, problem = verify_onnx(onnx)
+    if problem is not None:
+        return onnx, b"", problem
     try:
-        meta = read_metadata(onnx.read_bytes(), str(onnx))
-    except ModelError:
-        return None
-    return onnx if meta.get("checkpoint_sha256") == file_sha256(pt) else None
+        meta = read_metadata(data, str(onnx))
+    except ModelError as exc:
+        return onnx, b"", str(exc)
+    if meta.get("checkpoint_sha256") != file_sha256(pt):
+        return None, b"", None  # stale: exported from an earlier checkpoint; never used
+    return onnx, data, None

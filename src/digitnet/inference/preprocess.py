@@ -5,120 +5,48 @@ and moving its centre of mass to the centre of a 28×28 field, light ink on blac
 raw photo of dark ink on white paper fails mostly because that step is skipped, so `preprocess`
 replays it: grayscale → polarity → background suppression → crop → resize → paste → centre.
 
-Decoding is the only place untrusted bytes meet Pillow, so `decode_image` bounds it: byte cap
-before reading, pixel cap from the header before decoding, the real format (not the file name)
-decides, and every failure is an `InputError` with one line for a person.
+Decoding untrusted bytes (`decode_image`, bounded in bytes, pixels and memory) lives in
+`inference.decode`; its names are re-exported here, where callers have always found them.
 """
 
 from __future__ import annotations
 
-import io
-import re
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from digitnet.errors import InputError
-from digitnet.utils import first_line
+from digitnet.inference.decode import (
+    ACCEPTED_FORMATS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_WORK_SIDE,
+    decode_image,
+    open_image,
+)
+from digitnet.inference.decode import to_8bit as _to_8bit
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_WORK_SIDE = 640  # larger inputs are box-downscaled first: same result, bounded time
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_WORK_SIDE",
+    "Preprocessed",
+    "as_mnist",
+    "decode_image",
+    "open_image",
+    "preprocess",
+    "to_gray",
+    "unit_pixels",
+]
+
 BOX, FIELD = 20, 28  # MNIST: digit fits a 20×20 box inside the 28×28 field
 MNIST_COM = 14.0  # mean centre of mass of MNIST digits, (row, col) in pixel indices
 MIN_CONTRAST = 0.15  # ink must differ from the background by this much (of full scale)
 MIN_INK_PIXELS = 3  # fewer ink pixels than this is a blank image, not a digit
 MIN_STROKE = 1.5  # px at MNIST scale; MNIST strokes are 2–4.5 px wide (1st–95th percentile)
-
-
-def _fail(message: str) -> InputError:
-    return InputError(" ".join(message.split()))  # always one line
-
-
-def decode_image(
-    source: bytes | str | Path,
-    *,
-    formats: tuple[str, ...] = ACCEPTED_FORMATS,
-    max_bytes: int = MAX_IMAGE_BYTES,
-    max_pixels: int = MAX_IMAGE_PIXELS,
-) -> Image.Image:
-    """Decode bytes or a file into a fully loaded 8-bit "L" or "RGB" image (alpha on white)."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        data, label = bytes(source), "image"
-        if len(data) > max_bytes:
-            raise _fail(f"{label}: {len(data):,} bytes is over the {max_bytes:,}-byte limit")
-    else:
-        path = Path(source)
-        label = str(path)
-        if not path.exists():
-            raise _fail(f"{label}: no such file")
-        if not path.is_file():
-            raise _fail(f"{label}: not a file")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise _fail(f"{label}: {size:,} bytes is over the {max_bytes:,}-byte limit")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise _fail(f"{label}: cannot read ({exc.strerror or exc})") from None
-    if not data:
-        raise _fail(f"{label}: empty file, not an image")
-    names = ", ".join(formats)
-    with warnings.catch_warnings():
-        # Pillow's own bomb check warns between 1× and 2× its limit; make that a refusal too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img: Image.Image = Image.open(io.BytesIO(data), formats=list(formats))
-        except UnidentifiedImageError:
-            raise _fail(f"{label}: not a recognised image (accepted formats: {names})") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            found = re.search(r"\((\d+) pixels\)", str(exc))
-            pixels = f"{int(found.group(1)):,} pixels" if found else "its size"
-            raise _fail(
-                f"{label}: {pixels} is over the {max_pixels:,}-pixel limit (decompression-bomb guard)"
-            ) from None
-        except Exception as exc:  # a header Pillow recognised but could not parse
-            raise _fail(f"{label}: corrupt {names} header ({first_line(exc, 160)})") from None
-        w, h = img.size
-        if w < 1 or h < 1:
-            raise _fail(f"{label}: image has no pixels ({w}x{h})")
-        if w * h > max_pixels:  # header size, before any pixel is decoded
-            raise _fail(f"{label}: {w}x{h} = {w * h:,} pixels is over the {max_pixels:,}-pixel limit")
-        try:
-            img.seek(0)  # GIF/TIFF/WebP: the first frame
-            if ImageFile.LOAD_TRUNCATED_IMAGES:
-                raise _fail("refusing to decode with PIL.ImageFile.LOAD_TRUNCATED_IMAGES set")
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-        except InputError:
-            raise
-        except Exception as exc:  # truncated data, bad compression stream, …
-            raise _fail(
-                f"{label}: cannot decode {img.format or 'image'} data ({first_line(exc, 160)})"
-            ) from None
-    return _to_8bit(img)
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """Flatten alpha onto white and bring odd modes (16-bit, float, CMYK, palette) to L or RGB."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 1.0 if a.max() <= 1.0 and img.mode == "F" else (255.0 if a.max() <= 255 else 65535.0)
-        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("L", "RGB"):
-        return img
-    return img.convert("L" if img.mode == "1" else "RGB")
 
 
 @dataclass(frozen=True)
@@ -165,8 +93,10 @@ def unit_pixels(a: np.ndarray) -> np.ndarray:
 
 
 def _hist(x: np.ndarray) -> np.ndarray:
-    """256-bin histogram of values in [0, 1] (bincount: ~10× cheaper than np.median on small images)."""
-    return np.bincount(np.minimum((x * 255.0 + 0.5).astype(np.int32), 255).ravel(), minlength=256)
+    """256-bin histogram of values in [0, 1], rounded to the nearest level: x·255 + ½ truncated to
+    uint8, counted by Pillow's C histogram (≈ 14× cheaper than bincount on int32; same bins)."""
+    levels = (np.asarray(x, np.float32) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(levels)).histogram(), dtype=np.int64)
 
 
 def _quantile(hist: np.ndarray, q: float) -> float:

@@ -88,6 +88,13 @@ def calibrated(
     return labels, spans, lp, string_log_prob(lp, labels)
 
 
+def decode_for_reading(source: str | Path | bytes | bytearray | memoryview) -> Image.Image:
+    """Untrusted bytes or a file → an image, bounded like every decode but kept at the reading
+    size (`READ_MAX_SIDE`): a row of digits needs more pixels than one digit does."""
+    data = bytes(source) if isinstance(source, bytearray | memoryview) else source
+    return decode_image(data, max_side=READ_MAX_SIDE)
+
+
 class Reader:
     """Reads numbers with a `reader` run folder, model file, or the bundled one ("default")."""
 
@@ -158,14 +165,17 @@ class Reader:
         reader.source = str(loaded.path)
         return reader
 
-    def read_file(self, path: str | Path) -> NumberReading:
-        return self.read(decode_image(path))
-
-    def read(self, img: Image.Image | np.ndarray) -> NumberReading:
-        """One image (PIL, or an (H, W) / (H, W, 3|4) array, any size within the decode limits)."""
+    def read(self, img: Image.Image | np.ndarray | str | Path | bytes) -> NumberReading:
+        """One image: a file path or its bytes (decoded by `decode_for_reading`), a PIL image, or
+        an (H, W) / (H, W, 3|4) array, any size within the decode limits."""
+        if isinstance(img, str | Path | bytes | bytearray | memoryview):
+            img = decode_for_reading(img)
         size = img.size if isinstance(img, Image.Image) else (img.shape[1], img.shape[0])
+        if isinstance(img, Image.Image) and "original_size" in img.info:  # decoded smaller than it is
+            ow, oh = img.info["original_size"]
+            size = (ow, oh) if (ow >= oh) == (size[0] >= size[1]) else (oh, ow)  # EXIF may have turned it
         gray = work_gray(img, READ_MAX_SIDE)
-        to_input = size[0] / gray.shape[1]  # work_gray may have shrunk it
+        to_input = max(size) / max(gray.shape)  # input pixels per working pixel
         ink = find_ink(gray)
         if ink.blank:
             return EMPTY

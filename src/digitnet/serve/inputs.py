@@ -1,13 +1,16 @@
-"""Request bodies → images → predictions: parsing, format policy, decoding, one model call.
+"""Request bodies → images → predictions: parsing, decoding under the memory budget, one batched
+model call.
 
 Images are opened only as the formats we accept (PNG, JPEG, GIF, BMP, WebP), judged from the
-bytes, never from a file name or a Content-Type. A file that is recognisably another image format
-(TIFF, ICO, PSD, JPEG 2000, HEIF/AVIF, …) is a 415; bytes that are no image at all, truncated
-data and pixel bombs are 422 (`InputError` from `digitnet.preprocess.decode_image`).
+bytes, never from a file name or a Content-Type (`serve.decoding`). A file that is recognisably
+another image format is a 415; bytes that are no image at all, truncated data and pixel bombs are
+422. Each image is decoded and preprocessed to its 28×28 field in a worker thread, then the fields
+go to the model through the process's `MicroBatcher`, together with other requests' images.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,58 +18,13 @@ from PIL import Image
 
 from digitnet.errors import InputError
 from digitnet.inference.predictor import Prediction, Predictor
-from digitnet.inference.preprocess import MIN_CONTRAST, decode_image, preprocess
-from digitnet.serve.responses import HTTPError
+from digitnet.inference.preprocess import MIN_CONTRAST, preprocess
+from digitnet.serve.batcher import MicroBatcher
+from digitnet.serve.decoding import SERVER_FORMATS, decode_upload, other_image_format
 from digitnet.serve.schemas import PredictRequest, ReadRequest, decode_base64, pixels_to_array
+from digitnet.serve.state import ServeState
 
-SERVER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
-
-# Signatures of image formats Pillow (or a browser) knows but this service refuses, by magic bytes.
-_OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"II*\x00", "TIFF"),
-    (0, b"MM\x00*", "TIFF"),
-    (0, b"II+\x00", "BigTIFF"),
-    (0, b"MM\x00+", "BigTIFF"),
-    (0, b"\x00\x00\x01\x00", "ICO"),
-    (0, b"\x00\x00\x02\x00", "CUR"),
-    (0, b"8BPS", "PSD"),
-    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (0, b"\xff\x0a", "JPEG XL"),
-    (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
-    (0, b"qoif", "QOI"),
-    (0, b"DDS ", "DDS"),
-    (0, b"icns", "ICNS"),
-    (0, b"%PDF", "PDF"),
-    (0, b"%!PS", "PostScript"),
-    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
-    (0, b"gimp xcf", "XCF"),
-    (0, b"\x59\xa6\x6a\x95", "Sun raster"),
-    (0, b"SIMPLE  =", "FITS"),
-    (0, b"#?RADIANCE", "HDR"),
-    (0, b"\x76\x2f\x31\x01", "OpenEXR"),
-)
-_FTYP_BRANDS = {
-    b"heic": "HEIC",
-    b"heix": "HEIC",
-    b"mif1": "HEIF",
-    b"msf1": "HEIF",
-    b"avif": "AVIF",
-    b"avis": "AVIF",
-}
-
-
-def other_image_format(data: bytes) -> str | None:
-    """The name of a recognisable image format we do not accept, or None."""
-    for offset, magic, name in _OTHER_FORMATS:
-        if data[offset : offset + len(magic)] == magic:
-            return name
-    if data[4:8] == b"ftyp" and data[8:12] in _FTYP_BRANDS:
-        return _FTYP_BRANDS[data[8:12]]
-    head = data[:256].lstrip().lower()
-    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
-        return "SVG"
-    return None
+__all__ = ["SERVER_FORMATS", "Item", "item_from_request", "other_image_format", "predict_items"]
 
 
 @dataclass(frozen=True)
@@ -88,43 +46,46 @@ def item_from_request(req: PredictRequest | ReadRequest, label: str = "image") -
         raise InputError(f"{label}: {exc}" if label != "image" else str(exc)) from None
 
 
-def decode_item(item: Item, max_bytes: int) -> Image.Image | np.ndarray:
-    """Item → what the predictor takes: a PIL image, or the (28, 28) array. Raises 415 / 422."""
+def _field(img: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
+    done = preprocess(img)
+    return done.image, done.empty
+
+
+async def _prepare(item: Item, state: ServeState, deadline: float) -> tuple[np.ndarray, bool]:
+    """One item → its (28, 28) float32 field and whether it is empty."""
     if item.pixels is not None:
-        return item.pixels
-    data = item.data or b""
-    other = other_image_format(data)
-    if other is not None:
-        raise HTTPError(
-            415,
-            "unsupported_media_type",
-            f"{item.label}: {other} images are not accepted; send {', '.join(SERVER_FORMATS)}",
-        )
-    try:
-        return decode_image(data, formats=SERVER_FORMATS, max_bytes=max_bytes)
-    except InputError as exc:
-        message = str(exc)
-        if message.startswith("image: "):  # decode_image labels raw bytes "image"; use ours
-            message = message[len("image: ") :]
-        raise InputError(f"{item.label}: {message}") from None
+        if not item.preprocess:  # MNIST-form pixels, fed as they are
+            return item.pixels, bool(item.pixels.max() < MIN_CONTRAST)  # no ink: empty, as for photos
+        return _field(item.pixels)  # 28×28: microseconds, fine on the event loop
+    limits = state.limits
+    return await decode_upload(
+        item.data or b"",
+        _field,
+        budget=state.decode_budget,
+        deadline=deadline,
+        max_bytes=limits.max_body_bytes,
+        label=item.label,
+        retry_after_s=limits.retry_after_s,
+        threads=state.decode_threads,
+    )
 
 
-def predict_items(predictor: Predictor, items: list[Item], max_bytes: int) -> list[Prediction]:
-    """Decode and preprocess every item, then run the model once for all of them; input order kept.
+async def predict_items(
+    predictor: Predictor, state: ServeState, items: list[Item], batcher: MicroBatcher
+) -> list[Prediction]:
+    """Decode and preprocess every item, then one model call through `batcher`; input order kept.
 
-    Runs in a worker thread: decoding and inference are CPU-bound and must not block the event loop.
+    Images are prepared one after another: a batch of large images never holds more than one
+    full-size bitmap of this request in memory, and the memory budget bounds all requests together.
     """
-    # Each image is reduced to its 28x28 field before the next is decoded: a batch of large,
-    # highly compressible images never holds more than one full-size bitmap in memory.
-    fields: list[np.ndarray] = []  # (28, 28) float32 in [0, 1] each
+    deadline = time.monotonic() + state.limits.request_timeout_s
+    fields: list[np.ndarray] = []
     empty: list[bool] = []
     for it in items:
-        img = decode_item(it, max_bytes)
-        if it.pixels is not None and not it.preprocess:  # MNIST-form pixels, fed as they are
-            fields.append(it.pixels)
-            empty.append(bool(it.pixels.max() < MIN_CONTRAST))  # no ink: empty, as for photos
-        else:
-            done = preprocess(img)
-            fields.append(done.image)
-            empty.append(done.empty)
-    return predictor.predict_arrays(np.stack(fields), empty=empty)
+        field, is_empty = await _prepare(it, state, deadline)
+        fields.append(field)
+        empty.append(is_empty)
+    images = np.stack(fields)
+    live = np.asarray([not e for e in empty])
+    outputs = await batcher.submit(images[live][:, None]) if live.any() else np.zeros((0, 10), np.float32)
+    return predictor.predictions_from_outputs(images, outputs, empty=empty)

@@ -25,7 +25,9 @@ ROUTES = frozenset(
 def route_label(path: str) -> str:
     if path in ROUTES:
         return path
-    return "/static" if path.startswith("/static/") else "other"
+    if path.startswith("/static/"):
+        return "/static"
+    return "/docs-assets" if path.startswith("/docs-assets/") else "other"
 
 
 class Metrics:
@@ -66,7 +68,16 @@ class Metrics:
         with self._lock:
             self.rejected += 1
 
-    def render(self, *, inflight: int = 0, ready: bool = False) -> str:
+    def render(
+        self,
+        *,
+        inflight: int = 0,
+        ready: bool = False,
+        queued: int = 0,
+        decode_bytes: int = 0,
+        buffered_bytes: int = 0,
+        batches: Any = None,
+    ) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
         with self._lock:
             lines = [
@@ -108,8 +119,8 @@ class Metrics:
                 "# HELP digitnet_empty_images_total Images with no ink.",
                 "# TYPE digitnet_empty_images_total counter",
                 f"digitnet_empty_images_total {self.empty}",
-                "# HELP digitnet_overload_rejections_total Requests refused with 503 because of the "
-                "concurrency cap.",
+                "# HELP digitnet_overload_rejections_total Requests refused with 503 because the "
+                "queue was full or its wait too long.",
                 "# TYPE digitnet_overload_rejections_total counter",
                 f"digitnet_overload_rejections_total {self.rejected}",
             ]
@@ -117,6 +128,26 @@ class Metrics:
             "# HELP digitnet_inflight_requests Prediction requests in flight now.",
             "# TYPE digitnet_inflight_requests gauge",
             f"digitnet_inflight_requests {inflight}",
+            "# HELP digitnet_queued_requests Prediction requests waiting for a slot now.",
+            "# TYPE digitnet_queued_requests gauge",
+            f"digitnet_queued_requests {queued}",
+            "# HELP digitnet_decode_bytes_in_flight Bytes of decode memory held now (the memory budget).",
+            "# TYPE digitnet_decode_bytes_in_flight gauge",
+            f"digitnet_decode_bytes_in_flight {decode_bytes}",
+            "# HELP digitnet_buffered_body_bytes Request body bytes buffered now.",
+            "# TYPE digitnet_buffered_body_bytes gauge",
+            f"digitnet_buffered_body_bytes {buffered_bytes}",
+        ]
+        if batches is not None:
+            lines += [
+                "# HELP digitnet_model_batches_total Model calls made by the micro-batcher.",
+                "# TYPE digitnet_model_batches_total counter",
+                f"digitnet_model_batches_total {batches.batches}",
+                "# HELP digitnet_model_batch_items_total Images in those model calls.",
+                "# TYPE digitnet_model_batch_items_total counter",
+                f"digitnet_model_batch_items_total {batches.items}",
+            ]
+        lines += [
             "# HELP digitnet_model_ready 1 once the model is loaded.",
             "# TYPE digitnet_model_ready gauge",
             f"digitnet_model_ready {int(ready)}",

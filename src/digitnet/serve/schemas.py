@@ -40,8 +40,17 @@ class PredictRequest(BaseModel):
         default="auto", description="pixel scale; auto = 0-255 if any value is above 1, else 0-1"
     )
     preprocess: bool = Field(
-        default=False, description="run pixels through the photo pipeline (images always are)"
+        default=False, strict=True, description="run pixels through the photo pipeline (images always are)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # absent is allowed, an explicit null is not (as the schema says)
+            for key in ("pixels", "image_base64", "scale", "preprocess"):
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key!r} must not be null; leave it out instead")
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:
@@ -154,7 +163,7 @@ def pixels_to_array(req: PredictRequest | ReadRequest) -> np.ndarray:
             )
         if len(px) * widths[0] > MAX_READ_PIXELS:
             raise InputError(f"pixels: {len(px)}×{widths[0]} is over the {MAX_READ_PIXELS:,}-pixel limit")
-        arr = np.asarray(px, dtype=np.float32)
+        arr = np.asarray(px, dtype=np.float64)
     elif px and isinstance(px[0], list):
         widths = sorted({len(row) for row in px})
         if len(px) != 28 or widths != [28]:
@@ -162,21 +171,22 @@ def pixels_to_array(req: PredictRequest | ReadRequest) -> np.ndarray:
                 f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} rows "
                 f"of length {'/'.join(map(str, widths))}"
             )
-        arr = np.asarray(px, dtype=np.float32)
+        arr = np.asarray(px, dtype=np.float64)
     elif len(px) != 784:
         raise InputError(f"pixels must be 28x28 nested rows or 784 numbers, got {len(px)} numbers")
     else:
-        arr = np.asarray(px, dtype=np.float32).reshape(28, 28)
+        arr = np.asarray(px, dtype=np.float64).reshape(28, 28)
+    # float64 throughout: a pixel of 1e308 is a value to refuse, not a float32 overflow warning
     lo, hi = float(arr.min()), float(arr.max())
     if lo < 0:
         raise InputError(f"pixels must not be negative (min {lo:g})")
     if req.scale == "0-1" or (req.scale == "auto" and hi <= 1.0):
         if hi > 1.0:
             raise InputError(f"pixels with scale 0-1 must be at most 1 (max {hi:g})")
-        return arr
+        return arr.astype(np.float32)
     if hi > 255:
         raise InputError(f"pixels must be at most 255 (max {hi:g})")
-    return arr / np.float32(255.0)
+    return (arr / 255.0).astype(np.float32)
 
 
 def decode_base64(text: str) -> bytes:
@@ -189,3 +199,60 @@ def decode_base64(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InputError("image_base64 is not valid base64") from None
+
+
+# -- the OpenAPI schema of PredictRequest, exactly what the server accepts ---------------------------
+# Pydantic's own schema cannot say "exactly one of", the allowed lengths, or the 0-1 scale's maximum;
+# a schema-driven client (or fuzzer) would then send requests the schema allows and the server
+# refuses. This one says all of it; tests/test_schema_fuzz.py holds the two to each other.
+BASE64_PATTERN = (
+    r"^(data:[^,]*;base64,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$"
+)
+
+
+def _pixels_schema(top: float) -> dict[str, Any]:
+    value = {"type": "number", "minimum": 0, "maximum": top}
+    return {
+        "anyOf": [
+            {"type": "array", "items": value, "minItems": 784, "maxItems": 784},
+            {
+                "type": "array",
+                "items": {"type": "array", "items": value, "minItems": 28, "maxItems": 28},
+                "minItems": 28,
+                "maxItems": 28,
+            },
+        ]
+    }
+
+
+def exact_request_schema(components: dict[str, Any]) -> None:
+    """Replace the generated `PredictRequest` schema in `components` with the exact one."""
+    props = PredictRequest.model_fields
+    components["PredictRequest"] = {
+        "title": "PredictRequest",
+        "description": PredictRequest.__doc__,
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "pixels": {"description": props["pixels"].description, **_pixels_schema(255)},
+            "image_base64": {
+                "type": "string",
+                "description": props["image_base64"].description,
+                "pattern": BASE64_PATTERN,
+            },
+            "scale": {
+                "type": "string",
+                "enum": ["auto", "0-255", "0-1"],
+                "default": "auto",
+                "description": props["scale"].description,
+            },
+            "preprocess": {
+                "type": "boolean",
+                "default": False,
+                "description": props["preprocess"].description,
+            },
+        },
+        "oneOf": [{"required": ["pixels"]}, {"required": ["image_base64"]}],
+        "if": {"required": ["scale"], "properties": {"scale": {"const": "0-1"}}},
+        "then": {"properties": {"pixels": _pixels_schema(1)}},
+    }

@@ -17,6 +17,19 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# HEAD is what many load balancers and uptime checks send; each answers as its GET, without a body.
+@router.head("/healthz", include_in_schema=False)
+def healthz_head() -> Response:
+    return Response(status_code=200, media_type="application/json")
+
+
+@router.head("/readyz", include_in_schema=False)
+def readyz_head(state: ServeState = Depends(get_state)) -> Response:
+    if state.model_info is None:
+        return Response(status_code=503, headers=state.limits.retry_after(), media_type="application/json")
+    return Response(status_code=200, media_type="application/json")
+
+
 @router.get(
     "/readyz",
     response_model=Ready,
@@ -32,5 +45,12 @@ def readyz(state: ServeState = Depends(get_state)) -> Response:
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format 0.0.4)")
 def metrics(state: ServeState = Depends(get_state)) -> PlainTextResponse:
-    text = state.metrics.render(inflight=state.inflight, ready=state.model_info is not None)
+    text = state.metrics.render(
+        inflight=state.inflight,
+        ready=state.model_info is not None,
+        queued=state.slots.waiting,
+        decode_bytes=state.decode_budget.used,
+        buffered_bytes=state.body_budget.used,
+        batches=state.batcher.stats if state.batcher is not None else None,
+    )
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

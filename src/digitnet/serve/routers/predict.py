@@ -1,9 +1,11 @@
 """`POST /v1/predict` and `POST /v1/predict/batch`.
 
 Each takes JSON (`PredictRequest` / `BatchRequest`) or multipart (field `file`, or repeated `files`
-for a batch). The handlers are async only to read the body; decoding and inference run in the
-threadpool (`run_in_threadpool`), bounded by `ConcurrencyLimitMiddleware`; the predictor comes
-from the `get_predictor` dependency. Responses are built with
+for a batch). Admission is done before the handler runs (`ConcurrencyLimitMiddleware`: slots and
+a bounded queue); decoding runs in the threadpool under the memory budget (`serve.decoding`), and
+the model call goes through the micro-batcher with other requests' images (`serve.batcher`). The
+predictor and the batcher come from the `get_predictor` / `get_batcher` dependencies. Responses are
+built with
 `model_construct` and serialised by pydantic-core directly: the values come from the model, so
 re-validating 784 floats per request would be pure overhead.
 """
@@ -16,12 +18,12 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from digitnet.inference.predictor import Prediction, Predictor
+from digitnet.serve.batcher import MicroBatcher
 from digitnet.serve.inputs import Item, item_from_request, predict_items
 from digitnet.serve.responses import HTTPError, validation_message
 from digitnet.serve.schemas import (
@@ -34,7 +36,7 @@ from digitnet.serve.schemas import (
     PredictResponse,
     ReadRequest,
 )
-from digitnet.serve.state import ServeState, get_predictor, get_state
+from digitnet.serve.state import ServeState, get_batcher, get_predictor, get_state
 
 router = APIRouter(tags=["predict"])
 
@@ -44,7 +46,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "body over the size cap"),
         (415, "not JSON/multipart, or an image format we refuse"),
         (422, "undecodable image, wrong shape, NaN or out-of-range pixels, pixel bomb"),
-        (503, "model not loaded yet, or too many requests in flight (see Retry-After)"),
+        (408, "the body did not arrive in time"),
+        (503, "model not loaded yet, or the queue is full / too long (see Retry-After)"),
     )
 }
 
@@ -52,14 +55,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def body_doc(schema: type, field: str, many: bool) -> dict[str, Any]:
     """OpenAPI for a body read by hand: the JSON model, or multipart with one/many files."""
     file_schema = {"type": "string", "format": "binary"}
-    part = {"type": "array", "items": file_schema} if many else file_schema
+    part = (
+        {"type": "array", "items": file_schema, "minItems": 1, "maxItems": MAX_BATCH} if many else file_schema
+    )
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{schema.__name__}"}},
                 "multipart/form-data": {
-                    "schema": {"type": "object", "required": [field], "properties": {field: part}}
+                    "schema": {
+                        "type": "object",
+                        "required": [field],
+                        "properties": {field: part},
+                        "additionalProperties": False,
+                    }
                 },
             },
         }
@@ -124,9 +134,9 @@ def _to_response(pred: Prediction, info: ModelInfo) -> PredictResponse:
 
 
 async def _run(
-    predictor: Predictor, state: ServeState, items: list[Item]
+    predictor: Predictor, state: ServeState, items: list[Item], batcher: MicroBatcher
 ) -> tuple[list[Prediction], ModelInfo]:
-    preds = await run_in_threadpool(predict_items, predictor, items, state.limits.max_body_bytes)
+    preds = await predict_items(predictor, state, items, batcher)
     state.metrics.observe_predictions(preds)
     return preds, state.model_info or ModelInfo(name=str(predictor.name), version=str(predictor.version))
 
@@ -139,10 +149,13 @@ async def _run(
     summary="Classify one image (JSON pixels, JSON base64 image, or multipart `file`)",
 )
 async def predict(
-    request: Request, predictor: Predictor = Depends(get_predictor), state: ServeState = Depends(get_state)
+    request: Request,
+    predictor: Predictor = Depends(get_predictor),
+    state: ServeState = Depends(get_state),
+    batcher: MicroBatcher = Depends(get_batcher),
 ) -> Response:
     items = await read_items(request, batch=False)
-    preds, info = await _run(predictor, state, items)
+    preds, info = await _run(predictor, state, items, batcher)
     return Response(_to_response(preds[0], info).model_dump_json(), media_type="application/json")
 
 
@@ -154,11 +167,14 @@ async def predict(
     summary=f"Classify up to {MAX_BATCH} images (JSON `items`, or multipart repeated `files`)",
 )
 async def predict_batch(
-    request: Request, predictor: Predictor = Depends(get_predictor), state: ServeState = Depends(get_state)
+    request: Request,
+    predictor: Predictor = Depends(get_predictor),
+    state: ServeState = Depends(get_state),
+    batcher: MicroBatcher = Depends(get_batcher),
 ) -> Response:
     items = await read_items(request, batch=True)
     if len(items) > MAX_BATCH:  # multipart: the parser stops at MAX_BATCH files, JSON at max_length
         raise HTTPError(422, "invalid_input", f"at most {MAX_BATCH} images per batch, got {len(items)}")
-    preds, info = await _run(predictor, state, items)
+    preds, info = await _run(predictor, state, items, batcher)
     body = BatchResponse.model_construct(model=info, predictions=[_to_response(p, info) for p in preds])
     return Response(body.model_dump_json(), media_type="application/json")

@@ -1,13 +1,15 @@
 """`POST /v1/read`: the whole number in an image, digit by digit, with boxes.
 
 The same inputs as `/v1/predict` (multipart field `file`, JSON `{"image_base64"}`, or JSON
-`{"pixels"}`, here any H×W rows), the same limits and the same JSON errors. Decoding and reading
-run in the threadpool, bounded like predictions by `ConcurrencyLimitMiddleware`; the reader comes
-from the `get_reader` dependency.
+`{"pixels"}`, here any H×W rows), the same limits and the same JSON errors: decoding goes through
+`serve.decoding.decode_upload` under the process's memory budget (at up to `READ_MAX_SIDE` px,
+where a prediction needs 640), and the reading runs in that decoding thread; the request holds a
+slot of `ConcurrencyLimitMiddleware` like a prediction. The reader comes from `get_reader`.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -15,8 +17,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from digitnet.inference.reader import NumberReading, Reader
-from digitnet.serve.inputs import Item, decode_item
+from digitnet.inference.reader import READ_MAX_SIDE, NumberReading, Reader
+from digitnet.serve.decoding import decode_upload
+from digitnet.serve.inputs import Item
 from digitnet.serve.routers.predict import ERRORS, body_doc, read_items
 from digitnet.serve.schemas import ModelInfo, ReadDigit, ReadRequest, ReadResponse
 from digitnet.serve.state import ServeState, get_reader, get_state
@@ -24,9 +27,22 @@ from digitnet.serve.state import ServeState, get_reader, get_state
 router = APIRouter(tags=["read"])
 
 
-def read_item(reader: Reader, item: Item, max_bytes: int) -> NumberReading:
-    """Decode (415/422 as for predictions), then read: one call, in a worker thread."""
-    return reader.read(decode_item(item, max_bytes))
+async def read_item(reader: Reader, item: Item, state: ServeState) -> NumberReading:
+    """Decode (415/413/422/503 as for predictions) within the memory budget, then read."""
+    if item.pixels is not None:  # JSON pixels: already an array, bounded by the body cap
+        return await run_in_threadpool(reader.read, item.pixels)
+    limits = state.limits
+    return await decode_upload(
+        item.data or b"",
+        reader.read,
+        budget=state.decode_budget,
+        deadline=time.monotonic() + limits.request_timeout_s,
+        max_bytes=limits.max_body_bytes,
+        label=item.label,
+        max_side=READ_MAX_SIDE,
+        retry_after_s=limits.retry_after_s,
+        threads=state.decode_threads,
+    )
 
 
 def to_response(reading: NumberReading, info: ModelInfo) -> ReadResponse:
@@ -60,7 +76,7 @@ async def read(
     request: Request, reader: Reader = Depends(get_reader), state: ServeState = Depends(get_state)
 ) -> Response:
     items = await read_items(request, batch=False, single=ReadRequest)
-    reading = await run_in_threadpool(read_item, reader, items[0], state.limits.max_body_bytes)
+    reading = await read_item(reader, items[0], state)
     info = ModelInfo(name=reader.name, version=reader.version)
     body: Any = to_response(reading, info)
     return Response(body.model_dump_json(), media_type="application/json")
