@@ -111,6 +111,7 @@ class FakePrediction:
     unsure: bool
     empty: bool
     image: np.ndarray
+    status: str = "digit"
 
 
 class FakePredictor:
@@ -172,7 +173,16 @@ def assert_error(resp, status: int, code: str | None = None) -> dict:
 
 
 def assert_prediction(body: dict, name: str = "cnn") -> None:
-    assert set(body) == {"digit", "confidence", "probabilities", "unsure", "empty", "model", "image"}
+    assert set(body) == {
+        "digit",
+        "confidence",
+        "probabilities",
+        "unsure",
+        "empty",
+        "status",
+        "model",
+        "image",
+    }
     assert len(body["probabilities"]) == 10
     if body["empty"]:  # reported, not classified
         assert body["digit"] is None and body["probabilities"] == [0.0] * 10 and body["unsure"] is True
