@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +143,37 @@ def client(predictor):
 
     with TestClient(create_app(predictor=predictor)) as c:
         yield c
+
+
+# --- bad image files: every door that takes an image must refuse each the same way ---------
+
+
+def png_bomb_header(width: int = 30000, height: int = 30000) -> bytes:
+    """A ~70-byte PNG whose IHDR claims width×height pixels (the data is a stub)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="session")
+def bad_image_files() -> dict[str, bytes]:
+    """File name → bytes that are no usable image: text, a truncated PNG, an empty file, a
+    30000×30000 pixel bomb (70 bytes), a PNG cut off inside its pixel data."""
+    buf = io.BytesIO()
+    Image.new("L", (64, 64), 200).save(buf, "PNG")
+    png = buf.getvalue()
+    return {
+        "text.png": b"hello, this is text, not an image",
+        "header-only.png": png[:40],
+        "empty.png": b"",
+        "bomb.png": png_bomb_header(30000, 30000),
+        "cut.png": png[: len(png) - 20],
+    }

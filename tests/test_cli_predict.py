@@ -110,8 +110,13 @@ def test_unreadable_files_reported_others_predicted(run, images, tmp_path):
         "predict", "--model", str(run), "--json", str(images / "a.png"), *args, str(tmp_path / "zz*.png")
     )
     assert res.returncode == 2
-    rows = json.loads(res.stdout)
-    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "really_png.jpg"]
+    rows = json.loads(res.stdout)  # every file in order: its prediction, or {"file", "error"}
+    names = ["a.png", "huge.png", "text.png", "cut.png", "missing.png", "really_png.jpg"]
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == names
+    assert [set(r) == {"file", "error"} for r in rows] == [False, True, True, True, True, False]
+    assert rows[1]["error"].endswith(
+        "huge.png: 900,000,000 pixels is over the 40,000,000-pixel limit (decompression-bomb guard)"
+    )
     err = res.stderr.strip().splitlines()
     assert len(err) == 6 and all(line.startswith("error: ") for line in err)
     joined = "\n".join(err)

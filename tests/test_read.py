@@ -51,6 +51,22 @@ def test_each_spacing_is_read_at_a_rate_that_proves_it(mnist, reader, spacing):
     assert right / 40 >= FLOORS[spacing], (spacing, right)
 
 
+def test_light_falling_off_across_the_page(mnist, reader):
+    """Grey ink on grey paper with a gradient of light across it: without `even_light` all ten
+    were read as blank paper."""
+    rng = np.random.default_rng(5)
+    right = 0
+    for _ in range(10):
+        comp = number(mnist.x_test, mnist.y_test, 5, rng, "spaced", hard=False)
+        alpha = np.asarray(on_paper(comp.image), np.float32) / 255.0  # 1 paper, 0 ink
+        h, w = alpha.shape
+        light = 180.0 + np.linspace(-30, 30, w)[None, :] + np.linspace(-8, 8, h)[:, None]
+        ink = light - 80.0  # fainter than the light changes across the page
+        page = light * alpha + ink * (1 - alpha) + rng.normal(0, 2.0, (h, w))
+        right += reader.read(np.clip(page, 0, 255).astype(np.uint8)).number == "".join(map(str, comp.labels))
+    assert right >= 8, right
+
+
 def test_twelve_digits_and_broken_strokes(mnist, reader):
     """Long numbers (12 digits) and digits drawn in two strokes (a band erased across each)."""
     rng = np.random.default_rng(12)
@@ -194,6 +210,30 @@ def test_cli_read_json_table_annotate_and_errors(tmp_path, mnist):
     assert table.returncode == 0 and num["number"] in table.stdout
 
 
+def test_every_bad_file_gets_the_same_error_from_read_as_from_predict(tmp_path, bad_image_files):
+    """CLI and Python: each bad file the same one-line error, whichever door reads it."""
+    from digitnet.errors import InputError
+    from digitnet.inference.predictor import Predictor
+
+    for name, data in bad_image_files.items():
+        (tmp_path / name).write_bytes(data)
+    by_door = {}
+    for command in ("predict", "read"):
+        res = cli(command, "--json", str(tmp_path))
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        by_door[command] = {os.path.basename(r["file"]): r["error"] for r in json.loads(res.stdout)}
+    assert by_door["read"] == by_door["predict"] and set(by_door["read"]) == set(bad_image_files)
+    predictor = Predictor.load("default")
+    for name in bad_image_files:
+        with pytest.raises(InputError) as by_predict:
+            predictor.predict_file(tmp_path / name)
+        with pytest.raises(InputError) as by_read:
+            import digitnet
+
+            digitnet.read_number(tmp_path / name)
+        assert str(by_read.value) == str(by_predict.value) and "\n" not in str(by_read.value)
+
+
 def read_client():
     from fastapi.testclient import TestClient
 
@@ -247,3 +287,35 @@ def test_rest_read_takes_the_same_inputs_and_gives_the_same_errors(mnist):
             == 413
         )
         assert "/v1/read" in client.get("/openapi.json").json()["paths"]
+
+
+def test_rest_read_refuses_every_bad_request_as_predict_does(bad_image_files):
+    """The same status and the same JSON error from /v1/read as from /v1/predict."""
+    files = [{"file": (name, data, "image/png")} for name, data in bad_image_files.items()]
+    bodies = [
+        (b'{"pixels": [1, 2', "application/json"),  # invalid JSON
+        (b'{"pixels": [[NaN, 0], [0, 0]]}', "application/json"),
+        (b'{"pixels": [[300, 0], [0, 0]]}', "application/json"),
+        (b'{"pixels": [[0, 0], [0, 0]], "extra": 1}', "application/json"),
+        (b"{}", "application/json"),
+        (b"[1, 2, 3]", "application/json"),
+        (b'{"image_base64": "not base64!"}', "application/json"),
+        (b"pixels=1", "text/plain"),
+        (b"x" * (5 << 20), "application/json"),  # over the body cap
+    ]
+    tiff = io.BytesIO()
+    Image.new("L", (64, 64), 200).save(tiff, "TIFF")
+    files.append({"file": ("x.tif", tiff.getvalue(), "image/tiff")})
+    with read_client() as client:
+        for upload in files:
+            want, got = (client.post(route, files=upload) for route in ("/v1/predict", "/v1/read"))
+            assert 400 <= want.status_code < 500 and set(want.json()) == {"error"}, want.text
+            assert (got.status_code, got.json()) == (want.status_code, want.json()), upload["file"][0]
+        for body, ctype in bodies:
+            want, got = (
+                client.post(route, content=body, headers={"content-type": ctype})
+                for route in ("/v1/predict", "/v1/read")
+            )
+            assert 400 <= want.status_code < 500, (body[:40], want.text)
+            assert got.status_code == want.status_code, (body[:40], got.text)
+            assert got.json()["error"]["code"] == want.json()["error"]["code"], (body[:40], got.text)

@@ -13,12 +13,10 @@ import io
 import json
 import re
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,21 +42,6 @@ def encode(arr: np.ndarray, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def png_bomb_header(width: int = 30000, height: int = 30000) -> bytes:
-    """A ~70-byte PNG whose IHDR claims width×height pixels (the data is a stub)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def start_cli_server(model: Path | str, port: int, *extra: str) -> subprocess.Popen:
@@ -277,11 +260,11 @@ def test_image_base64_plain_and_data_url(client):
 # ------------------------------------------------------------------------------------- bad input
 
 
-def test_non_image_truncated_and_bomb_uploads_are_422(client):
+def test_non_image_truncated_and_bomb_uploads_are_422(client, bad_image_files):
     assert_error(post_file(client, b"just some text, no image here"), 422, "invalid_input")
     png = encode(digit_one(56), "PNG")
     assert_error(post_file(client, png[: len(png) // 2]), 422, "invalid_input")
-    bomb = png_bomb_header(30000, 30000)
+    bomb = bad_image_files["bomb.png"]
     assert len(bomb) < 200
     err = assert_error(post_file(client, bomb), 422, "invalid_input")
     assert "pixel" in err["message"] or "large" in err["message"]

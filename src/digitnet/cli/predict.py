@@ -83,24 +83,26 @@ def predict_cmd(
     rows: list[dict] = []
     for start in range(0, len(files), BATCH):
         images: list[Image.Image | np.ndarray] = []
-        names: list[str] = []
+        batch: list[dict] = []  # in input order: a file's prediction, or its error
         for f in files[start : start + BATCH]:
             try:
                 images.append(decode_image(f))
-                names.append(str(f))
+                batch.append({"file": str(f)})
             except InputError as exc:
                 err_console.print(f"error: {exc}", markup=False)
+                batch.append({"file": str(f), "error": str(exc)})
                 failed += 1
-        preds = predictor.predict_images(images, preprocess=not no_preprocess) if predictor else []
-        rows.extend({"file": name, **pred.to_dict()} for name, pred in zip(names, preds, strict=True))
+        preds = iter(predictor.predict_images(images, preprocess=not no_preprocess) if predictor else [])
+        rows.extend(row if "error" in row else {**row, **next(preds).to_dict()} for row in batch)
+    predicted = [r for r in rows if "error" not in r]
     if json_out:
-        typer.echo(json.dumps([_json_row(r) for r in rows]))
-    elif rows:
-        _print_table(rows, top_k)
+        typer.echo(json.dumps([r if "error" in r else _json_row(r) for r in rows]))
+    elif predicted:
+        _print_table(predicted, top_k)
     if failed:
         # An InputError (not typer.Exit, whose code main() would drop) → one summary line, exit 2.
         raise InputError(
-            f"{failed} of {len(files) + len(errors)} inputs could not be read; {len(rows)} predicted"
+            f"{failed} of {len(files) + len(errors)} inputs could not be read; {len(predicted)} predicted"
         )
     if not files:
         raise InputError("no input files")

@@ -1,8 +1,10 @@
 """A number's text line, from ink to the reader's input and back: the geometry of reading.
 
-`clean_ink` removes what is ink but not writing (specks, dots, ruled lines, underlines) from an
-ink mask; `normalize_line` crops what is left and scales it to the reader's strip, 32 px tall with
-the text 28 px high, remembering how to map strip columns back to the input image (`Geometry`).
+`even_light` takes a gradient of light off the paper before the ink is looked for; `whole_strokes`
+grows the ink mask along faint parts of strokes; `clean_ink` removes what is ink but not writing
+(specks, dots, ruled lines, underlines) from an ink mask; `normalize_line` crops what is left and
+scales it to the reader's strip, 32 px tall with the text 28 px high, remembering how to map strip
+columns back to the input image (`Geometry`).
 CTC decoding (`best_path`), the probability of a whole string (`string_log_prob`, the CTC forward
 pass) and per-label frame spans live here too: pure NumPy, shared by training and inference.
 """
@@ -19,6 +21,7 @@ from digitnet.models import READER_STRIDE
 
 STRIP_H, TEXT_H, PAD_X = 32, 28, 8  # strip height, text height inside it, blank columns each side
 MAX_STRIP_W = 2048  # a 12-digit number at 28 px is ~450 px; wider lines are scaled down to fit
+WEAK_INK = 0.3  # of `find_ink`'s ink scale: a stroke's faint parts, kept where they touch sure ink
 BLANK = 0  # CTC blank; label k (0-9 digits, 10 = not a digit) is class k + 1
 
 
@@ -39,6 +42,37 @@ class Geometry:
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = Image.fromarray(a.astype(np.float32, copy=False), "F").resize(size, Image.Resampling.BILINEAR)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def even_light(gray: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] → the same with an even slope of light across the paper taken off.
+
+    A line of digits is wide, so light falling off across a photo changes the paper by more than
+    the ink's contrast over its width; `find_ink` measures the paper's noise as the spread about
+    one paper level, and a gradient inflates that spread until faint ink counts as noise (whole
+    numbers came back blank, 7s lost their bars). The slope is measured from the medians of the
+    four border strips (paper, as `find_ink` assumes) and the centre keeps its level."""
+    h, w = gray.shape
+    b = max(1, min(h, w) // 20)
+    if min(h, w) < 8 * b:
+        return gray
+    left, right = np.median(gray[:, :b]), np.median(gray[:, -b:])
+    top, bottom = np.median(gray[:b]), np.median(gray[-b:])
+    gx, gy = (right - left) / (w - b), (bottom - top) / (h - b)  # paper level per pixel
+    plane = gx * (np.arange(w, dtype=np.float32) - (w - 1) / 2)[None, :]
+    plane = plane + gy * (np.arange(h, dtype=np.float32) - (h - 1) / 2)[:, None]  # (H, W)
+    return np.clip(gray - plane, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def whole_strokes(image: np.ndarray, mask: np.ndarray, low: float = WEAK_INK) -> np.ndarray:
+    """`find_ink`'s mask (H, W) grown along the strokes it touches: every pixel of `image` above
+    `low` that is connected to the mask (hysteresis, as in Canny's edges). One threshold splits a
+    line's ink badly when its strokes differ in weight (a thick 4 beside thin, blurred digits: the
+    thin ones kept only fragments); faint ink that touches no sure ink stays out (specks, grain)."""
+    weak = image > low
+    pieces, _n = ndimage.label(weak, structure=np.ones((3, 3), bool))
+    sure = np.unique(pieces[mask & weak])
+    return np.isin(pieces, sure[sure > 0]) | mask
 
 
 def long_runs(mask: np.ndarray, length: int) -> np.ndarray:

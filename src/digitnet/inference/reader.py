@@ -2,8 +2,9 @@
 
 One path, for every door (CLI `read`, `digitnet.read_number`, `DigitClassifier.read_number`,
 `POST /v1/read`, the page): the same decoding and limits as single digits (`preprocess`), the ink
-found the same way (`find_ink`), cleaned of what is not writing (`lines.clean_ink`: specks, dots,
-ruled lines, underlines), normalised to a 32-px strip (`lines.normalize_line`), read by the
+found the same way (`find_ink`, after `lines.even_light` has taken a gradient of light off the
+paper), grown along faint strokes (`lines.whole_strokes`), cleaned of what is not writing
+(`lines.clean_ink`: specks, dots, ruled lines, underlines), normalised to a 32-px strip (`lines.normalize_line`), read by the
 `reader` network (CTC over the line, `models.NumberReader`) and decoded best-path. Glyphs the
 reader calls "not a digit" (a letter, a currency sign, a dash) are reported as marks, never as
 digits. Boxes are in the input image's pixel coordinates.
@@ -34,9 +35,11 @@ from digitnet.inference.lines import (
     Geometry,
     best_path,
     clean_ink,
+    even_light,
     log_softmax,
     normalize_line,
     string_log_prob,
+    whole_strokes,
 )
 from digitnet.inference.preprocess import decode_image, find_ink, fit_field, work_gray
 from digitnet.models import READER_STRIDE
@@ -176,10 +179,10 @@ class Reader:
             size = (ow, oh) if (ow >= oh) == (size[0] >= size[1]) else (oh, ow)  # EXIF may have turned it
         gray = work_gray(img, READ_MAX_SIDE)
         to_input = max(size) / max(gray.shape)  # input pixels per working pixel
-        ink = find_ink(gray)
+        ink = find_ink(even_light(gray))
         if ink.blank:
             return EMPTY
-        keep = clean_ink(ink.mask)
+        keep = clean_ink(whole_strokes(ink.image, ink.mask))
         line = normalize_line(ink.image, keep)
         if line is None:
             return EMPTY
