@@ -60,7 +60,7 @@ def view_probs(model, x: np.ndarray, device: str) -> np.ndarray:
     import torch
 
     from digitnet.inference.batching import as_batch
-    from digitnet.models import shifted_views, single_view
+    from digitnet.networks import shifted_views, single_view
 
     xb = as_batch(x)
     out = []

@@ -13,7 +13,8 @@ from digitnet.checkpoint import load_checkpoint, save_checkpoint
 from digitnet.errors import ConfigError
 from digitnet.inference.batching import as_batch, batched_logits
 from digitnet.inference.predictor import Predictor
-from digitnet.models import build_model, single_view
+from digitnet.models import build_model
+from digitnet.networks import single_view
 from digitnet.training.ensemble import build_ensemble
 
 SMALL = {"stem": 8, "blocks": [[8, True], [16, True]]}

@@ -224,7 +224,8 @@ def test_fold_for_inference_is_exact_and_only_folds_what_it_may(mnist):
 
     from digitnet.inference.batching import as_batch
     from digitnet.inference.folding import FoldedConvBN, fold_for_inference
-    from digitnet.models import ConvBN, build_model
+    from digitnet.models import build_model
+    from digitnet.networks import ConvBN
 
     torch.manual_seed(0)
     model = build_model("cnn")

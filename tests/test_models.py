@@ -8,7 +8,8 @@ import torch
 
 from digitnet.errors import ConfigError
 from digitnet.inference.batching import as_batch, batched_logits
-from digitnet.models import CNN, build_model, shifted_views, single_view
+from digitnet.models import build_model
+from digitnet.networks import CNN, shifted_views, single_view
 
 SMALL = dict(stem=8, blocks=[(8, True), (16, True)])
 
@@ -99,7 +100,8 @@ def test_best_predicts_with_tta_and_fit_selects_on_single_view():
 
 
 def test_views_per_image_counts_tta_copies_also_inside_an_ensemble():
-    from digitnet.models import Ensemble, views_per_image
+    from digitnet.models import Ensemble
+    from digitnet.networks import views_per_image
 
     assert views_per_image(build_model("cnn")) == 1 and views_per_image(build_model("best")) == 9
     both = Ensemble([{"model": "cnn", "kwargs": SMALL}, {"model": "cnn", "kwargs": {**SMALL, "tta": 2}}])

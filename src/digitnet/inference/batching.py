@@ -15,7 +15,7 @@ from torch import nn
 
 from digitnet.errors import InputError
 from digitnet.inference.preprocess import unit_pixels
-from digitnet.models import views_per_image
+from digitnet.networks import views_per_image
 
 
 def as_batch(x: Any) -> torch.Tensor:

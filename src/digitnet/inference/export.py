@@ -33,7 +33,8 @@ from digitnet.checkpoint import (
 )
 from digitnet.errors import ModelError
 from digitnet.inference.folding import fold_for_inference
-from digitnet.models import get_spec, views_per_image
+from digitnet.models import get_spec
+from digitnet.networks import views_per_image
 from digitnet.utils import atomic_write_bytes, first_line
 
 OPSET = 18
@@ -49,7 +50,7 @@ def onnx_module() -> Any:
 
 FORMAT = "digitnet-onnx/1"
 INPUT, OUTPUT = "x", "logits"
-MAX_VIEWS = 25  # test-time augmentation copies per image: tta=2 at most (models.CNN)
+MAX_VIEWS = 25  # test-time augmentation copies per image: tta=2 at most (networks.CNN)
 
 
 def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:

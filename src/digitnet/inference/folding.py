@@ -9,7 +9,7 @@ import warnings
 import torch
 from torch import nn
 
-from digitnet.models import ConvBN
+from digitnet.networks import ConvBN
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # the module imports torch.jit helpers

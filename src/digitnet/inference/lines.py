@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from digitnet.models import READER_STRIDE
+from digitnet.networks import READER_STRIDE
 
 STRIP_H, TEXT_H, PAD_X = 32, 28, 8  # strip height, text height inside it, blank columns each side
 MAX_STRIP_W = 2048  # a 12-digit number at 28 px is ~450 px; wider lines are scaled down to fit

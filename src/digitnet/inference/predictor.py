@@ -30,7 +30,7 @@ from digitnet.inference.calibration import softmax
 from digitnet.inference.export import onnx_bytes, read_metadata, verify_onnx
 from digitnet.inference.folding import fast_module
 from digitnet.inference.preprocess import MIN_CONTRAST, as_mnist, decode_image, preprocess
-from digitnet.models import views_per_image
+from digitnet.networks import views_per_image
 from digitnet.utils import first_line
 
 BACKENDS = ("auto", "torch", "onnx")

@@ -1,13 +1,13 @@
 """Reading a whole handwritten number: image → digit string, with a box and a confidence per digit.
 
-One path, for every door (CLI `read`, `digitnet.read_number`, `DigitClassifier.read_number`,
-`POST /v1/read`, the page): the same decoding and limits as single digits (`preprocess`), the ink
-found the same way (`find_ink`, after `lines.even_light` has taken a gradient of light off the
-paper), grown along faint strokes (`lines.whole_strokes`), cleaned of what is not writing
-(`lines.clean_ink`: specks, dots, ruled lines, underlines), normalised to a 32-px strip (`lines.normalize_line`), read by the
-`reader` network (CTC over the line, `models.NumberReader`) and decoded best-path. Glyphs the
-reader calls "not a digit" (a letter, a currency sign, a dash) are reported as marks, never as
-digits. Boxes are in the input image's pixel coordinates.
+One path, for every door (CLI `read`, `digitnet.read_number`, `DigitClassifier.read_number`, `POST
+/v1/read`, the page): the same decoding and limits as single digits (`preprocess`), the ink found
+the same way (`find_ink`, after `lines.even_light` has taken a gradient of light off the paper),
+grown along faint strokes (`lines.whole_strokes`), cleaned of what is not writing
+(`lines.clean_ink`: specks, dots, ruled lines, underlines), normalised to a 32-px strip
+(`lines.normalize_line`), read by the `reader` network (CTC over the line, `networks.NumberReader`)
+and decoded best-path. Glyphs the reader calls "not a digit" (a letter, a currency sign, a dash) are
+reported as marks, never as digits. Boxes are in the input image's pixel coordinates.
 
 `confidence` is the calibrated probability that the whole string is right: the CTC probability of
 the decoded string (all its alignments) with the temperature fitted on validation numbers;
@@ -42,7 +42,7 @@ from digitnet.inference.lines import (
     whole_strokes,
 )
 from digitnet.inference.preprocess import decode_image, find_ink, fit_field, work_gray
-from digitnet.models import READER_STRIDE
+from digitnet.networks import READER_STRIDE
 
 READ_MAX_SIDE = 1280  # larger photos are box-downscaled first: a 12-digit line still gets ~100 px a digit
 DEFAULT_READER = "reader"  # pretrained/reader.pt: the bundled reader

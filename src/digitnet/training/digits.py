@@ -25,7 +25,7 @@ from digitnet.data.nondigits import TRAIN_KINDS, images
 from digitnet.errors import ConfigError
 from digitnet.inference.batching import as_batch
 from digitnet.inference.preprocess import preprocess
-from digitnet.models import single_view
+from digitnet.networks import single_view
 from digitnet.training.config import TrainConfig
 from digitnet.training.recipe import Teacher, random_affine
 from digitnet.training.task import Batch

@@ -16,7 +16,7 @@ from torch import nn
 
 from digitnet.checkpoint import load_checkpoint
 from digitnet.data import cache_dir
-from digitnet.models import single_view
+from digitnet.networks import single_view
 from digitnet.training.config import Precision, TrainConfig
 from digitnet.utils import atomic_write_json, cpu_name
 
