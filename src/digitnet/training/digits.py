@@ -26,9 +26,8 @@ from digitnet.errors import ConfigError
 from digitnet.inference.batching import as_batch
 from digitnet.inference.preprocess import preprocess
 from digitnet.networks import single_view
-from digitnet.training.config import TrainConfig
 from digitnet.training.recipe import Teacher, random_affine
-from digitnet.training.task import Batch
+from digitnet.training.task import Batch, TaskSetup
 from digitnet.utils import atomic_open
 
 OUTLIERS = 12_000  # the pool of non-digits a run draws from (seeded; augmented every time it is used)
@@ -74,20 +73,16 @@ def accuracy_and_loss(
 
 
 class DigitTask:
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        x_train: np.ndarray,
-        y_train: np.ndarray,
-        x_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        *,
-        device: torch.device,
-        gen: torch.Generator,
-        rank: int,
-        world: int,
-    ) -> None:
-        self.cfg, self.device, self.gen, self.rank, self.world = cfg, device, gen, rank, world
+    def __init__(self, setup: TaskSetup) -> None:
+        cfg, x_train, y_train, x_val, y_val = (
+            setup.cfg,
+            setup.x_train,
+            setup.y_train,
+            setup.x_val,
+            setup.y_val,
+        )
+        self.cfg, self.device, self.gen = cfg, setup.device, setup.gen
+        self.rank, self.world = setup.rank, setup.world
         self.x, self.y = (
             as_uint8(x_train),
             torch.as_tensor(np.asarray(y_train), dtype=torch.long),
@@ -97,7 +92,7 @@ class DigitTask:
         has_val = x_val is not None and y_val is not None and len(x_val) > 0
         self.x_val = as_uint8(x_val) if x_val is not None and has_val else None
         self.y_val = torch.as_tensor(np.asarray(y_val), dtype=torch.long) if has_val else None
-        self.teacher = Teacher(cfg.teacher, device, cfg.distill) if cfg.teacher else None
+        self.teacher = Teacher(cfg.teacher, self.device, cfg.distill) if cfg.teacher else None
         self.outliers = outlier_pool(cfg.seed) if cfg.outlier_exposure else None
         self.steps_per_epoch = max(1, len(self.x) // cfg.batch_size)  # drop the ragged last batch: stable BN
 

@@ -27,7 +27,7 @@ from digitnet.training.config import TrainConfig
 from digitnet.training.digits import DigitTask
 from digitnet.training.numbers import NumberTask
 from digitnet.training.recipe import EMA, lr_at, make_optimizer, resolve_bf16
-from digitnet.training.task import Task
+from digitnet.training.task import Task, TaskSetup
 
 
 class Progress(Protocol):
@@ -265,21 +265,10 @@ def initial_weights(cfg: TrainConfig) -> State:
     return start.model.state_dict()
 
 
-def make_task(
-    cfg: TrainConfig,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray | None,
-    y_val: np.ndarray | None,
-    *,
-    device: torch.device,
-    gen: torch.Generator,
-    rank: int,
-    world: int,
-) -> Task:
-    """The task `cfg.model` learns (`models.ModelSpec.task`), over these images and labels."""
-    kind = NumberTask if get_spec(cfg.model).task == "numbers" else DigitTask
-    return kind(cfg, x_train, y_train, x_val, y_val, device=device, gen=gen, rank=rank, world=world)
+def make_task(setup: TaskSetup) -> Task:
+    """The task `setup.cfg.model` learns (`models.ModelSpec.task`), over these images and labels."""
+    kind = NumberTask if get_spec(setup.cfg.model).task == "numbers" else DigitTask
+    return kind(setup)
 
 
 def _start(
@@ -305,7 +294,7 @@ def _start(
     ema = EMA(model, cfg.ema) if cfg.ema else None
     # After the network: a distillation teacher is built from its checkpoint, which draws on the
     # global random stream, and the student's initial weights must not depend on it.
-    task = make_task(cfg, x_train, y_train, x_val, y_val, device=device, gen=gen, rank=rank, world=world)
+    task = make_task(TaskSetup(cfg, x_train, y_train, x_val, y_val, device, gen, rank, world))
     if resume is not None:
         model.load_state_dict(resume.model)
         opt.load_state_dict(resume.optimizer)

@@ -29,8 +29,7 @@ from digitnet.data.synth import SPACINGS, number, photo
 from digitnet.inference.lines import best_path, clean_ink, normalize_line
 from digitnet.inference.preprocess import find_ink, work_gray
 from digitnet.inference.reader import Reader, calibrated
-from digitnet.training.config import TrainConfig
-from digitnet.training.task import Batch
+from digitnet.training.task import Batch, TaskSetup
 
 LENGTHS = (1, 11)  # digits per training number: 1 to 10
 MARK_RATE = 0.15  # numbers with a glyph that is not a digit beside or among the digits
@@ -202,25 +201,23 @@ def test_numbers(
 
 
 class NumberTask:
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        x_train: np.ndarray,
-        y_train: np.ndarray,
-        x_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        *,
-        device: torch.device,
-        gen: torch.Generator,
-        rank: int,
-        world: int,
-    ) -> None:
-        self.cfg, self.device, self.gen, self.rank, self.world = cfg, device, gen, rank, world
+    def __init__(self, setup: TaskSetup) -> None:
+        cfg, x_train, y_train, x_val, y_val = (
+            setup.cfg,
+            setup.x_train,
+            setup.y_train,
+            setup.x_val,
+            setup.y_val,
+        )
+        self.cfg, self.device, self.gen = cfg, setup.device, setup.gen
+        self.rank, self.world = setup.rank, setup.world
         self.x, self.y = np.asarray(x_train, np.uint8).reshape(-1, 28, 28), np.asarray(y_train)
         self.marks = list(glyph_set(LETTERS + SYMBOLS + DASHES, TRAIN_FONTS, 2000, seed=cfg.seed))
         size = cfg.epoch_size or len(self.x)
         self.steps_per_epoch = max(1, size // cfg.batch_size)
-        self.val = validation_numbers(x_val, y_val, device) if x_val is not None and y_val is not None else []
+        self.val = []
+        if x_val is not None and y_val is not None:
+            self.val = validation_numbers(x_val, y_val, self.device)
 
     def _compose(self, epoch: int, out: queue.Queue, stop: threading.Event) -> None:
         """The epoch's numbers, batch by batch, into `out` (one producer: the order is fixed).

@@ -11,8 +11,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
+
+from digitnet.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """What a task is built from: the config, this rank's data, and where and how it runs."""
+
+    cfg: TrainConfig
+    x_train: np.ndarray  # (N, 28, 28) or (N, 1, 28, 28) uint8 MNIST training digits
+    y_train: np.ndarray  # (N,)
+    x_val: np.ndarray | None  # the held-out validation digits, if any
+    y_val: np.ndarray | None
+    device: torch.device
+    gen: torch.Generator  # the run's one seeded generator (batch order, augmentation)
+    rank: int = 0  # this process, of `world` (distributed data parallel)
+    world: int = 1
 
 
 @dataclass
