@@ -225,8 +225,13 @@ def _pixels_schema(top: float) -> dict[str, Any]:
     }
 
 
+def _rows_schema(top: float) -> dict[str, Any]:
+    value = {"type": "number", "minimum": 0, "maximum": top}
+    return {"type": "array", "items": {"type": "array", "items": value, "minItems": 1}, "minItems": 1}
+
+
 def exact_request_schema(components: dict[str, Any]) -> None:
-    """Replace the generated `PredictRequest` schema in `components` with the exact one."""
+    """Replace the generated `PredictRequest` and `ReadRequest` schemas in `components` with exact ones."""
     props = PredictRequest.model_fields
     components["PredictRequest"] = {
         "title": "PredictRequest",
@@ -255,4 +260,30 @@ def exact_request_schema(components: dict[str, Any]) -> None:
         "oneOf": [{"required": ["pixels"]}, {"required": ["image_base64"]}],
         "if": {"required": ["scale"], "properties": {"scale": {"const": "0-1"}}},
         "then": {"properties": {"pixels": _pixels_schema(1)}},
+    }
+    # A reading's pixels are any H×W rows. JSON Schema cannot say "rows of equal length": that one
+    # rule is the server's alone (a ragged request gets a 422 naming the row lengths).
+    read = ReadRequest.model_fields
+    components["ReadRequest"] = {
+        "title": "ReadRequest",
+        "description": ReadRequest.__doc__,
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "pixels": {"description": read["pixels"].description, **_rows_schema(255)},
+            "image_base64": {
+                "type": "string",
+                "description": read["image_base64"].description,
+                "pattern": BASE64_PATTERN,
+            },
+            "scale": {
+                "type": "string",
+                "enum": ["auto", "0-255", "0-1"],
+                "default": "auto",
+                "description": read["scale"].description,
+            },
+        },
+        "oneOf": [{"required": ["pixels"]}, {"required": ["image_base64"]}],
+        "if": {"required": ["scale"], "properties": {"scale": {"const": "0-1"}}},
+        "then": {"properties": {"pixels": _rows_schema(1)}},
     }
