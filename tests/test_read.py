@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -319,3 +320,25 @@ def test_rest_read_refuses_every_bad_request_as_predict_does(bad_image_files):
             assert 400 <= want.status_code < 500, (body[:40], want.text)
             assert got.status_code == want.status_code, (body[:40], got.text)
             assert got.json()["error"]["code"] == want.json()["error"]["code"], (body[:40], got.text)
+
+
+def test_bench_read_scores_digitnet_beside_tesseract(mnist_dir):
+    """`digitnet bench read --peer tesseract` reads the same photos with both and scores each; a
+    small set (2 photos per length and spacing) so the test is quick, not a figure to quote."""
+    if shutil.which("tesseract") is None:
+        msg = "tesseract not on PATH (make system-deps installs Debian's tesseract-ocr)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    done = cli("bench", "read", "--per-cell", "2", "--max-length", "4", "--peer", "tesseract", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    ours, peer = result["results"]["digitnet"], result["results"]["tesseract"]
+    assert ours["photos"] == peer["photos"] == 2 * 4 * 3
+    assert ours["lengths"] == [1, 2, 3, 4] and set(ours["accuracy_by_spacing"]) == set(SPACINGS)
+    assert ours["accuracy"] >= 0.75 and ours["accuracy"] > peer["accuracy"], (ours, peer)
+    assert ours["digit_error_rate"] < peer["digit_error_rate"]
+    assert ours["six_digit_ms_p50"] is None and ours["ms_p50"] > 0 and peer["version"].startswith("tesseract")
+    assert 0.0 <= ours["unsure_among_right"] <= 1.0
+    bad = cli("bench", "read", "--peer", "abbyy")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

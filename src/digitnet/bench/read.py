@@ -126,6 +126,10 @@ def score(cases: list[dict[str, Any]], answers: list[str], seconds: list[float])
     }
 
 
+def _share(flags: list[bool]) -> float | None:
+    return float(np.mean(flags)) if flags else None
+
+
 def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     """Build the photos, read them with digitnet (and the peer); returns the JSON-able figures."""
     reader = Reader.load(cfg.model, threads=cfg.threads)
@@ -133,12 +137,22 @@ def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="digitnet-bench-read-") as tmp:
         cases = make_photos(data, cfg, Path(tmp))
         reader.read(cases[0]["file"])  # warm-up: first-call allocations, not reading
-        answers, seconds = [], []
+        answers, seconds, unsure = [], [], []
         for case in cases:
             t = time.perf_counter()
-            answers.append(reader.read(case["file"]).number)  # decode → read, end to end
+            reading = reader.read(case["file"])  # decode → read, end to end
             seconds.append(time.perf_counter() - t)
+            answers.append(reading.number)
+            unsure.append(reading.unsure)
         results["digitnet"] = score(cases, answers, seconds)
+        # Does `unsure` point at the wrong readings? (Tesseract gives no such flag.)
+        wrong = [a != c["text"] for a, c in zip(answers, cases, strict=True)]
+        results["digitnet"]["unsure_among_wrong"] = _share(
+            [u for u, w in zip(unsure, wrong, strict=True) if w]
+        )
+        results["digitnet"]["unsure_among_right"] = _share(
+            [u for u, w in zip(unsure, wrong, strict=True) if not w]
+        )
         if cfg.peer == "tesseract":
             answers, seconds = [], []
             for case in cases:

@@ -158,6 +158,11 @@ def bench_read(
         console.print(table)
         console.print(
             f"  {r['photos_per_s']:,.1f} photos/s · p50 {r['ms_p50']:.1f} ms · p99 {r['ms_p99']:.1f} ms "
-            f"· 6 digits p50 {r['six_digit_ms_p50']} ms p99 {r['six_digit_ms_p99']} ms"
+            f"· 6 digits p50 {r['six_digit_ms_p50'] or 0:.1f} ms p99 {r['six_digit_ms_p99'] or 0:.1f} ms"
         )
+        if r.get("unsure_among_wrong") is not None:
+            console.print(
+                f"  unsure: {r['unsure_among_wrong']:.0%} of the wrong readings, "
+                f"{r['unsure_among_right'] or 0:.0%} of the right ones"
+            )
     console.print(f"{result['environment']['cpu']} · torch {result['environment']['torch']}", markup=False)
