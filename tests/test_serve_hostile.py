@@ -187,7 +187,14 @@ def test_a_dripping_body_is_cut_off_by_the_total_deadline(predictor):
             except (BrokenPipeError, ConnectionResetError):
                 break
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
-        assert b"within 1 s" in reply and time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 3
+        while b"within 1 s" not in reply:  # the body may follow the headers in another segment
+            s.settimeout(2.0)
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        assert b"within 1 s" in reply, reply[-300:]
 
 
 def test_headers_that_never_finish_are_closed_by_the_header_deadline(predictor):
