@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -230,60 +231,45 @@ def _rows_schema(top: float) -> dict[str, Any]:
     return {"type": "array", "items": {"type": "array", "items": value, "minItems": 1}, "minItems": 1}
 
 
+def _exact(model: type[BaseModel], pixels: Callable[[float], dict[str, Any]]) -> dict[str, Any]:
+    """`model`'s schema as the server checks it: one of `pixels` (`pixels(top)` for the values'
+    maximum, 1 under scale 0-1) or `image_base64`, and every other field with its default."""
+    fields = model.model_fields
+    props: dict[str, Any] = {
+        "pixels": {"description": fields["pixels"].description, **pixels(255)},
+        "image_base64": {
+            "type": "string",
+            "description": fields["image_base64"].description,
+            "pattern": BASE64_PATTERN,
+        },
+        "scale": {
+            "type": "string",
+            "enum": ["auto", "0-255", "0-1"],
+            "default": "auto",
+            "description": fields["scale"].description,
+        },
+    }
+    if "preprocess" in fields:
+        props["preprocess"] = {
+            "type": "boolean",
+            "default": False,
+            "description": fields["preprocess"].description,
+        }
+    return {
+        "title": model.__name__,
+        "description": model.__doc__,
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+        "oneOf": [{"required": ["pixels"]}, {"required": ["image_base64"]}],
+        "if": {"required": ["scale"], "properties": {"scale": {"const": "0-1"}}},
+        "then": {"properties": {"pixels": pixels(1)}},
+    }
+
+
 def exact_request_schema(components: dict[str, Any]) -> None:
-    """Replace the generated `PredictRequest` and `ReadRequest` schemas in `components` with exact ones."""
-    props = PredictRequest.model_fields
-    components["PredictRequest"] = {
-        "title": "PredictRequest",
-        "description": PredictRequest.__doc__,
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "pixels": {"description": props["pixels"].description, **_pixels_schema(255)},
-            "image_base64": {
-                "type": "string",
-                "description": props["image_base64"].description,
-                "pattern": BASE64_PATTERN,
-            },
-            "scale": {
-                "type": "string",
-                "enum": ["auto", "0-255", "0-1"],
-                "default": "auto",
-                "description": props["scale"].description,
-            },
-            "preprocess": {
-                "type": "boolean",
-                "default": False,
-                "description": props["preprocess"].description,
-            },
-        },
-        "oneOf": [{"required": ["pixels"]}, {"required": ["image_base64"]}],
-        "if": {"required": ["scale"], "properties": {"scale": {"const": "0-1"}}},
-        "then": {"properties": {"pixels": _pixels_schema(1)}},
-    }
-    # A reading's pixels are any H×W rows. JSON Schema cannot say "rows of equal length": that one
-    # rule is the server's alone (a ragged request gets a 422 naming the row lengths).
-    read = ReadRequest.model_fields
-    components["ReadRequest"] = {
-        "title": "ReadRequest",
-        "description": ReadRequest.__doc__,
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "pixels": {"description": read["pixels"].description, **_rows_schema(255)},
-            "image_base64": {
-                "type": "string",
-                "description": read["image_base64"].description,
-                "pattern": BASE64_PATTERN,
-            },
-            "scale": {
-                "type": "string",
-                "enum": ["auto", "0-255", "0-1"],
-                "default": "auto",
-                "description": read["scale"].description,
-            },
-        },
-        "oneOf": [{"required": ["pixels"]}, {"required": ["image_base64"]}],
-        "if": {"required": ["scale"], "properties": {"scale": {"const": "0-1"}}},
-        "then": {"properties": {"pixels": _rows_schema(1)}},
-    }
+    """Replace the generated `PredictRequest` and `ReadRequest` schemas in `components` with exact
+    ones. A reading's pixels are any H×W rows; JSON Schema cannot say "rows of equal length", so
+    that one rule is the server's alone (a ragged request gets a 422 naming the row lengths)."""
+    components["PredictRequest"] = _exact(PredictRequest, _pixels_schema)
+    components["ReadRequest"] = _exact(ReadRequest, _rows_schema)

@@ -74,19 +74,11 @@ def accuracy_and_loss(
 
 class DigitTask:
     def __init__(self, setup: TaskSetup) -> None:
-        cfg, x_train, y_train, x_val, y_val = (
-            setup.cfg,
-            setup.x_train,
-            setup.y_train,
-            setup.x_val,
-            setup.y_val,
-        )
+        cfg, x_val, y_val = setup.cfg, setup.x_val, setup.y_val
         self.cfg, self.device, self.gen = cfg, setup.device, setup.gen
         self.rank, self.world = setup.rank, setup.world
-        self.x, self.y = (
-            as_uint8(x_train),
-            torch.as_tensor(np.asarray(y_train), dtype=torch.long),
-        )  # (N, 1, 28, 28)
+        self.x = as_uint8(setup.x_train)  # (N, 1, 28, 28)
+        self.y = torch.as_tensor(np.asarray(setup.y_train), dtype=torch.long)  # (N,)
         if len(self.x) != len(self.y):
             raise ConfigError(f"{len(self.x)} images but {len(self.y)} labels")
         has_val = x_val is not None and y_val is not None and len(x_val) > 0

@@ -204,16 +204,11 @@ def test_numbers(
 
 class NumberTask:
     def __init__(self, setup: TaskSetup) -> None:
-        cfg, x_train, y_train, x_val, y_val = (
-            setup.cfg,
-            setup.x_train,
-            setup.y_train,
-            setup.x_val,
-            setup.y_val,
-        )
+        cfg, x_val, y_val = setup.cfg, setup.x_val, setup.y_val
         self.cfg, self.device, self.gen = cfg, setup.device, setup.gen
         self.rank, self.world = setup.rank, setup.world
-        self.x, self.y = np.asarray(x_train, np.uint8).reshape(-1, 28, 28), np.asarray(y_train)
+        self.x = np.asarray(setup.x_train, np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
+        self.y = np.asarray(setup.y_train)  # (N,)
         self.marks = list(glyph_set(LETTERS + SYMBOLS + DASHES, TRAIN_FONTS, 2000, seed=cfg.seed))
         size = cfg.epoch_size or len(self.x)
         self.steps_per_epoch = max(1, size // cfg.batch_size)
