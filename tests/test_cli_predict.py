@@ -210,3 +210,25 @@ def test_a_pickle_with_code_is_refused_in_one_line_without_unsafe_advice(tmp_pat
     r = digitnet("predict", "--model", str(evil), str(evil))
     assert r.returncode == 2 and "PWNED" not in r.stdout + r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "weights_only" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["predict"],
+        ["read"],
+        ["nosuchcmd"],
+        ["predict", "--bogus", "x.png"],
+        ["predict", "--top-k", "abc", "x.png"],
+        ["serve", "--port", "abc"],
+        ["predict", "--model"],
+    ],
+    ids=lambda a: " ".join(a) or "no-arguments",
+)
+def test_usage_errors_are_click_messages_with_exit_2_not_tracebacks(args):
+    """Typer ≥ 0.29 raises its vendored Click's exceptions, which `click`'s classes do not catch:
+    every one of these printed a traceback and exited 1."""
+    res = digitnet(*args, timeout=60)
+    assert res.returncode == 2, (res.returncode, res.stderr[-500:])
+    assert "Traceback" not in res.stderr and ("Error:" in res.stderr or "Usage:" in res.stdout + res.stderr)

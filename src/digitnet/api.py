@@ -25,6 +25,7 @@ import torch
 
 import digitnet.training.runfolder as runfolder
 from digitnet.checkpoint import load_checkpoint
+from digitnet.errors import InputError
 from digitnet.inference.batching import as_batch
 from digitnet.inference.predictor import Predictor
 from digitnet.inference.reader import NumberReading, Reader
@@ -58,11 +59,13 @@ def read_number(image: Any, *, model: str | Path = "default") -> NumberReading:
 
 
 def _images(X: Any) -> torch.Tensor:
-    """X → float32 tensor (N, 1, 28, 28) in [0, 1]; ValueError for anything `as_batch` refuses."""
+    """X → float32 tensor (N, 1, 28, 28) in [0, 1]; InputError (a ValueError) for anything
+    `as_batch` refuses."""
     if not isinstance(X, torch.Tensor):
         X = np.asarray(X)  # lists, DataFrames, memmaps …
         if X.dtype.kind not in "uif":
-            raise ValueError(f"X must hold numeric pixels (uint8 0-255 or float 0-1), got dtype {X.dtype}")
+            hint = " (for an image file: .predictor.predict_file(path))" if X.dtype.kind in "US" else ""
+            raise InputError(f"X must hold numeric pixels (uint8 0-255 or float 0-1), got {X.dtype}{hint}")
     return as_batch(X)
 
 

@@ -79,13 +79,18 @@ def make_photos(data: TestSplit, cfg: ReadBenchConfig, folder: Path) -> list[dic
 
 
 def tesseract_read(path: str) -> str:
-    out = subprocess.run(
-        ["tesseract", path, "stdout", *TESSERACT_ARGS],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """The digits Tesseract reads in one file; "" when it fails or takes over a minute (an
+    answer like any wrong one, not a crash of the benchmark)."""
+    try:
+        out = subprocess.run(
+            ["tesseract", path, "stdout", *TESSERACT_ARGS],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return ""
     return "".join(ch for ch in out.stdout if ch.isdigit())
 
 
@@ -126,8 +131,16 @@ def score(cases: list[dict[str, Any]], answers: list[str], seconds: list[float])
     }
 
 
-def _share(flags: list[bool]) -> float | None:
-    return float(np.mean(flags)) if flags else None
+def unsure_shares(cases: list[dict[str, Any]], answers: list[str], unsure: list[bool]) -> dict[str, Any]:
+    """Does `unsure` point at the wrong readings? The share of wrong and of right answers flagged
+    (None where there are none). Tesseract gives no such flag."""
+    wrong = [a != c["text"] for a, c in zip(answers, cases, strict=True)]
+    flagged = list(zip(unsure, wrong, strict=True))
+    among = {w: [u for u, is_wrong in flagged if is_wrong == w] for w in (True, False)}
+    return {
+        "unsure_among_wrong": float(np.mean(among[True])) if among[True] else None,
+        "unsure_among_right": float(np.mean(among[False])) if among[False] else None,
+    }
 
 
 def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
@@ -144,15 +157,7 @@ def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
             seconds.append(time.perf_counter() - t)
             answers.append(reading.number)
             unsure.append(reading.unsure)
-        results["digitnet"] = score(cases, answers, seconds)
-        # Does `unsure` point at the wrong readings? (Tesseract gives no such flag.)
-        wrong = [a != c["text"] for a, c in zip(answers, cases, strict=True)]
-        results["digitnet"]["unsure_among_wrong"] = _share(
-            [u for u, w in zip(unsure, wrong, strict=True) if w]
-        )
-        results["digitnet"]["unsure_among_right"] = _share(
-            [u for u, w in zip(unsure, wrong, strict=True) if not w]
-        )
+        results["digitnet"] = score(cases, answers, seconds) | unsure_shares(cases, answers, unsure)
         if cfg.peer == "tesseract":
             answers, seconds = [], []
             for case in cases:
@@ -161,7 +166,8 @@ def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
                 seconds.append(time.perf_counter() - t)
             results["tesseract"] = score(cases, answers, seconds)
             version = subprocess.run(["tesseract", "--version"], capture_output=True, text=True, check=False)
-            results["tesseract"]["version"] = (version.stdout or version.stderr).splitlines()[0]
+            lines = (version.stdout or version.stderr).splitlines()
+            results["tesseract"]["version"] = lines[0] if lines else "tesseract (version unknown)"
     env = environment(cfg.threads)
     return {
         "config": asdict(cfg),

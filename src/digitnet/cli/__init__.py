@@ -60,14 +60,16 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         err_console.print(f"error: {where}{exc.strerror or exc}", markup=False)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         err_console.print("aborted", markup=False)
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except (typer.TyperException, click.exceptions.ClickException) as exc:
+        # A usage error (unknown option, missing argument, bad value): Click's own message and
+        # exit 2. Typer ≥ 0.29 raises its vendored Click's classes, which are not `click`'s.
+        exc.show()  # type: ignore[union-attr]
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         sys.exit(130)

@@ -57,6 +57,7 @@ def read_cmd(
     failed = len(errors)
     if files:
         reader = Reader.load(model, threads=threads)
+        names = _annotation_names(files)
         for f in files:
             try:
                 img = decode_for_reading(f)
@@ -68,7 +69,7 @@ def read_cmd(
             reading = reader.read(img).to_dict()
             rows.append({"file": str(f), **reading})
             if annotate is not None:
-                write_annotated(img, reading, annotate / f"{Path(f).stem}.read.png")
+                write_annotated(img, reading, annotate / names[f])
     if json_out:
         typer.echo(json.dumps(rows))
     elif any("number" in r for r in rows):
@@ -95,6 +96,18 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         flag = "[yellow]unsure[/]" if r["unsure"] else ""
         table.add_row(r["file"], f"[bold]{r['number']}[/]", f"{r['confidence']:.1%}", per_digit, flag)
     console.print(table)
+
+
+def _annotation_names(files: list[Path]) -> dict[Path, str]:
+    """`photo.read.png` for each input; inputs that share a stem (a/1.png, b/1.png, b/1.jpg) take
+    `1.read.png`, `1-2.read.png`, … in input order, so no annotation overwrites another."""
+    names: dict[Path, str] = {}
+    seen: dict[str, int] = {}
+    for f in files:
+        stem = Path(f).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names[f] = f"{stem}.read.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.read.png"
+    return names
 
 
 def write_annotated(img: Image.Image, reading: dict[str, Any], out: Path) -> None:
@@ -157,12 +170,18 @@ def bench_read(
             table.add_row(spacing, *(f"{a:.0%}" for a in accs), f"{r['accuracy_by_spacing'][spacing]:.1%}")
         console.print(table)
         console.print(
-            f"  {r['photos_per_s']:,.1f} photos/s · p50 {r['ms_p50']:.1f} ms · p99 {r['ms_p99']:.1f} ms "
-            f"· 6 digits p50 {r['six_digit_ms_p50'] or 0:.1f} ms p99 {r['six_digit_ms_p99'] or 0:.1f} ms"
-        )
-        if r.get("unsure_among_wrong") is not None:
-            console.print(
-                f"  unsure: {r['unsure_among_wrong']:.0%} of the wrong readings, "
-                f"{r['unsure_among_right'] or 0:.0%} of the right ones"
+            f"  {r['photos_per_s']:,.1f} photos/s · p50 {r['ms_p50']:.1f} ms · p99 {r['ms_p99']:.1f} ms"
+            + (
+                f" · 6 digits p50 {r['six_digit_ms_p50']:.1f} ms p99 {r['six_digit_ms_p99']:.1f} ms"
+                if r["six_digit_ms_p50"] is not None
+                else ""
             )
+        )
+        shares = [
+            f"{r[key]:.0%} of the {what} readings"
+            for key, what in (("unsure_among_wrong", "wrong"), ("unsure_among_right", "right"))
+            if r.get(key) is not None
+        ]
+        if shares:
+            console.print(f"  unsure: {', '.join(shares)}")
     console.print(f"{result['environment']['cpu']} · torch {result['environment']['torch']}", markup=False)

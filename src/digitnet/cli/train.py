@@ -230,7 +230,7 @@ def demo_cmd(
             f"{reading.confidence:.1%}{', unsure' if reading.unsure else ''})",
             highlight=False,
         )
-    console.print(f"try: digitnet read --annotate {out} {out}/number-*")
+    console.print(f"try: digitnet read --annotate {out / 'annotated'} {out}/number-*")
 
 
 def bench_train(

@@ -41,7 +41,8 @@ def as_batch_array(x: Any) -> np.ndarray:
     if a.ndim == 3 and tuple(a.shape[1:]) == (28, 28):
         a = a[:, None]
     if a.ndim != 4 or tuple(a.shape[1:]) != (1, 28, 28):
-        raise InputError(f"expected images shaped (N, 28, 28) or (N, 784), got {tuple(a.shape)}")
+        one = " (one image: pass x[None], a batch of one)" if a.shape in ((28, 28), (784,)) else ""
+        raise InputError(f"expected images shaped (N, 28, 28) or (N, 784), got {tuple(a.shape)}{one}")
     return unit_pixels(a)
 
 

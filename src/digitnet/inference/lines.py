@@ -21,6 +21,7 @@ from digitnet.networks import READER_STRIDE
 
 STRIP_H, TEXT_H, PAD_X = 32, 28, 8  # strip height, text height inside it, blank columns each side
 MAX_STRIP_W = 2048  # a 12-digit number at 28 px is ~450 px; wider lines are scaled down to fit
+MIN_TEXT_H = 4  # working pixels: writing lower than this holds no digit a person could read
 WEAK_INK = 0.3  # of `find_ink`'s ink scale: a stroke's faint parts, kept where they touch sure ink
 BLANK = 0  # CTC blank; label k (0-9 digits, 10 = not a digit) is class k + 1
 
@@ -142,6 +143,8 @@ def normalize_line(ink: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.
     if rows.size == 0:
         return None
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if y1 - y0 < MIN_TEXT_H:  # a hairline stretched to 32 px would read as a row of 0s or 1s
+        return None
     crop = ink[y0:y1, x0:x1]
     if keep is not None:  # one pixel around the writing keeps its anti-aliased edges
         crop = crop * ndimage.binary_dilation(keep[y0:y1, x0:x1], np.ones((3, 3), bool))

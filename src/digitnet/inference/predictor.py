@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ class Prediction:
     probabilities: list[float]  # 10 calibrated probabilities (all 0.0 when empty)
     unsure: bool  # not a confident digit: status is anything but "digit" (kept for compatibility)
     empty: bool  # no ink found
-    image: np.ndarray  # (28, 28) float32: what the model saw
+    image: np.ndarray = field(repr=False)  # (28, 28) float32: what the model saw
     status: str = "digit"  # one of STATUSES
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class ReadDigit:
     digit: int
     confidence: float  # the reader's probability of this digit at its frames
     box: Box  # (x0, y0, x1, y1) in the input image's pixels
-    image: np.ndarray  # (28, 28) float32: this digit as MNIST would show it (what the model saw)
+    image: np.ndarray = field(repr=False)  # (28, 28) float32: the digit as the model saw it
 
     def to_dict(self) -> dict[str, Any]:
         return {"digit": self.digit, "confidence": round(self.confidence, 6), "box": list(self.box)}
@@ -67,7 +67,7 @@ class NumberReading:
     unsure: bool
     digits: list[ReadDigit]
     marks: list[Box]  # ink the reader saw as glyphs that are not digits
-    strip: np.ndarray  # (32, W) float32: the line as the reader saw it
+    strip: np.ndarray = field(repr=False)  # (32, W) float32: the line as the reader saw it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +148,8 @@ class Reader:
         """`model`: "default" (the bundled reader), a `reader` run folder or its model.pt."""
         if backend not in ("auto", "torch"):
             raise ConfigError(f"the reader runs with backend 'torch' or 'auto', got {backend!r}")
+        if threads is not None and threads < 1:
+            raise ConfigError("threads must be >= 1")
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
         loaded = load_checkpoint(
@@ -180,6 +182,8 @@ class Reader:
         gray = work_gray(img, READ_MAX_SIDE)
         to_input = max(size) / max(gray.shape)  # input pixels per working pixel
         ink = find_ink(even_light(gray))
+        if ink.blank:  # the levelling assumes paper at all four edges; a dark edge breaks that
+            ink = find_ink(gray)
         if ink.blank:
             return EMPTY
         keep = clean_ink(whole_strokes(ink.image, ink.mask))
@@ -206,9 +210,10 @@ class Reader:
         return NumberReading(number, confidence, unsure, digits, marks, strip)
 
 
-def _units(strip: np.ndarray) -> list[np.ndarray]:
-    """The strip's ink as pieces left to right, one bool mask each: connected strokes, with pieces
-    that sit one above the other (a 5's detached bar, the parts of a 4) merged into one."""
+def _units(strip: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+    """The strip's ink as pieces left to right: (component labels (32, W), the component ids of
+    each piece). A piece is a connected stroke, with strokes that sit one above the other (a 5's
+    detached bar, the parts of a 4) merged into one."""
     components, _n = ndimage.label(strip > 0.1, structure=np.ones((3, 3), bool))
     spans = [(f[1].start, f[1].stop, k) for k, f in enumerate(ndimage.find_objects(components), 1) if f]
     units: list[tuple[int, int, list[int]]] = []
@@ -219,7 +224,7 @@ def _units(strip: np.ndarray) -> list[np.ndarray]:
                 units[-1] = (u0, max(u1, x1), [*ks, k])
                 continue
         units.append((x0, x1, [k]))
-    return [np.isin(components, ks) for _, _, ks in units]
+    return components, [ks for _, _, ks in units]
 
 
 def label_masks(strip: np.ndarray, n_labels: int) -> list[np.ndarray]:
@@ -227,26 +232,42 @@ def label_masks(strip: np.ndarray, n_labels: int) -> list[np.ndarray]:
     (32, W) each. The labels follow the ink's pieces in order: with one piece per label, each takes
     its own; digits that touch make fewer pieces than labels, so a wide piece is cut into as many
     digits as its width holds; a digit in several pieces makes more, so the narrowest pieces join
-    their nearest neighbour. (CTC's frames say *which* digits, not exactly *where*.)"""
-    units = _units(strip)
+    their nearest neighbour. (CTC's frames say *which* digits, not exactly *where*.)
+
+    Pieces are merged as column profiles (W,), each width kept up to date, and masks are built only
+    for the pieces left: a page of hundreds of hairlines costs a few ms, not seconds."""
     if n_labels == 0:
         return []
+    components, units = _units(strip)
     if not units:
         return [np.zeros(strip.shape, bool) for _ in range(n_labels)]
-    while len(units) > n_labels:  # a broken digit: merge the narrowest piece into its neighbour
-        widths = [int(u.any(axis=0).sum()) for u in units]
+    by_id = np.zeros(int(components.max()) + 1, np.int64)  # component id → its piece
+    for u, ks in enumerate(units):
+        by_id[ks] = u
+    piece = np.where(components > 0, by_id[components], -1)  # (32, W): which piece, -1 for paper
+    occupied = np.zeros((len(units), strip.shape[1]), bool)  # (pieces, W): each piece's ink columns
+    r, c = np.nonzero(piece >= 0)
+    occupied[piece[r, c], c] = True
+    cols = list(occupied)
+    members = [[u] for u in range(len(units))]
+    widths = [int(c.sum()) for c in cols]
+    while len(cols) > n_labels:  # a broken digit: merge the narrowest piece into its neighbour
         i = int(np.argmin(widths))
-        j = i - 1 if i == len(units) - 1 or (i > 0 and widths[i - 1] < widths[i + 1]) else i + 1
-        units[min(i, j)] = units[i] | units[j]
-        del units[max(i, j)]
-    spread = np.array([int(u.any(axis=0).sum()) for u in units], float)
-    shares = np.ones(len(units), int)  # touching digits: wide pieces hold more than one
-    for _ in range(n_labels - len(units)):
+        j = i - 1 if i == len(cols) - 1 or (i > 0 and widths[i - 1] < widths[i + 1]) else i + 1
+        a, b = min(i, j), max(i, j)
+        cols[a] |= cols[b]
+        members[a] += members[b]
+        widths[a] = int(cols[a].sum())
+        del cols[b], members[b], widths[b]
+    spread = np.array(widths, float)
+    shares = np.ones(len(cols), int)  # touching digits: wide pieces hold more than one
+    for _ in range(n_labels - len(cols)):
         shares[int(np.argmax(spread / shares))] += 1
     masks = []
-    for unit, share in zip(units, shares, strict=True):
-        cols = np.flatnonzero(unit.any(axis=0))
-        edges = np.linspace(cols[0], cols[-1] + 1, share + 1)
+    for c, group, share in zip(cols, members, shares, strict=True):
+        unit = np.isin(piece, group)
+        x = np.flatnonzero(c)
+        edges = np.linspace(x[0], x[-1] + 1, share + 1)
         for k in range(share):
             band = np.zeros(strip.shape[1], bool)
             band[round(edges[k]) : round(edges[k + 1])] = True

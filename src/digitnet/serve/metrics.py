@@ -18,7 +18,17 @@ from digitnet.inference.predictor import Prediction
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 ROUTES = frozenset(
-    {"/", "/healthz", "/readyz", "/metrics", "/v1/predict", "/v1/predict/batch", "/docs", "/openapi.json"}
+    {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/v1/read",
+        "/docs",
+        "/openapi.json",
+    }
 )
 
 
@@ -171,19 +181,27 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500  # if the app raises before answering, ServerErrorMiddleware answers 500
+        answered = gone = False
 
         async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, answered = int(message["status"]), True
             await send(message)
 
+        async def receive_wrapper() -> dict[str, Any]:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             self.metrics.observe_request(
                 route_label(scope["path"]),
                 method if (method := scope.get("method", "")) in METHODS else "OTHER",
-                status,
+                # the client left (or its body broke off) before an answer: nobody got a 500
+                499 if gone and not answered else status,
                 time.perf_counter() - start,
             )

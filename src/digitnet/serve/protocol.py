@@ -25,16 +25,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitnet.serve.limits import Limits
 from digitnet.serve.responses import error_bytes
+from digitnet.serve.security import HEADERS
 
 ENV_LIMITS = "DIGITNET_SERVE_LIMITS"
 IMPORT_NAME = "digitnet.serve.protocol:GuardedHttpToolsProtocol"
 
 
 def _raw_response(status: str, code: str, message: str, extra: str = "") -> bytes:
+    """An error written by the protocol itself (the app never saw the request): JSON like every
+    other error, with the same security headers."""
     body = error_bytes(code, message)
+    security = "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items())
     head = (
         f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        f"connection: close\r\nx-content-type-options: nosniff\r\n{extra}\r\n"
+        f"connection: close\r\n{security}{extra}\r\n"
     )
     return head.encode("latin-1") + body
 
@@ -86,6 +90,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         msg = f"request headers not complete within {self._guard.header_timeout_s:g} s"
         self.transport.write(_raw_response("408 Request Timeout", "request_timeout", msg))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are not HTTP (a garbage request line, a bad Content-Length, a broken chunk):
+        uvicorn's plain-text 400, as JSON."""
+        self.transport.write(_raw_response("400 Bad Request", "bad_request", f"{msg} (malformed HTTP)"))
         self.transport.close()
 
     def on_message_begin(self) -> None:

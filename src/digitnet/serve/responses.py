@@ -83,7 +83,7 @@ def validation_message(errors: Sequence[Mapping[str, Any]], limit: int = 3) -> s
     parts = []
     for err in errors[:limit]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
-        msg = str(err.get("msg", "invalid"))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # our own validators' text
         parts.append(f"{loc}: {msg}" if loc else msg)
     more = len(errors) - limit
     line = "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -6,6 +6,9 @@ default), where auto means 0–255 if any value is above 1, else 0–1. Every va
 JSON number (strings, booleans, NaN and infinities are refused) in [0, 255] (or [0, 1] for "0-1").
 Pixels are fed to the model as they are unless `preprocess` is true, in which case they go through
 the same pipeline as an uploaded photo (polarity, crop, centring by mass).
+
+`/v1/read` (`ReadRequest`) takes any H×W rows of equal length instead, ink of either polarity
+(its ink is found as a photo's is), with the same scales and value rules.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,10 +29,30 @@ MAX_BATCH = 256
 Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-class PredictRequest(BaseModel):
-    """One image: exactly one of `pixels` or `image_base64`."""
+class _OneImage(BaseModel):
+    """What every one-image request checks: exactly one of `pixels` or `image_base64`, and no
+    field given as an explicit null (absent is allowed; the schema says so)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in cls.model_fields:
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key!r} must not be null; leave it out instead")
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (getattr(self, "pixels", None) is None) == (getattr(self, "image_base64", None) is None):
+            raise ValueError("give exactly one of 'pixels' or 'image_base64'")
+        return self
+
+
+class PredictRequest(_OneImage):
+    """One image: exactly one of `pixels` or `image_base64`."""
 
     pixels: list[Pixel] | list[list[Pixel]] | None = Field(
         default=None, description="28×28 rows or 784 numbers, light digit on dark background (MNIST form)"
@@ -43,21 +66,6 @@ class PredictRequest(BaseModel):
     preprocess: bool = Field(
         default=False, strict=True, description="run pixels through the photo pipeline (images always are)"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):  # absent is allowed, an explicit null is not (as the schema says)
-            for key in ("pixels", "image_base64", "scale", "preprocess"):
-                if key in data and data[key] is None:
-                    raise ValueError(f"{key!r} must not be null; leave it out instead")
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> PredictRequest:
-        if (self.pixels is None) == (self.image_base64 is None):
-            raise ValueError("give exactly one of 'pixels' or 'image_base64'")
-        return self
 
 
 class BatchRequest(BaseModel):
@@ -94,10 +102,8 @@ class BatchResponse(BaseModel):
 MAX_READ_PIXELS = 4_000_000  # JSON pixels for /v1/read: the body cap (4 MB) keeps them well under it
 
 
-class ReadRequest(BaseModel):
+class ReadRequest(_OneImage):
     """One image of a number: exactly one of `pixels` (any H×W rows) or `image_base64`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     pixels: list[list[Pixel]] | None = Field(
         default=None,
@@ -109,12 +115,6 @@ class ReadRequest(BaseModel):
     scale: Literal["auto", "0-255", "0-1"] = Field(
         default="auto", description="pixel scale; auto = 0-255 if any value is above 1, else 0-1"
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ReadRequest:
-        if (self.pixels is None) == (self.image_base64 is None):
-            raise ValueError("give exactly one of 'pixels' or 'image_base64'")
-        return self
 
 
 class ReadDigit(BaseModel):
@@ -202,7 +202,7 @@ def decode_base64(text: str) -> bytes:
         raise InputError("image_base64 is not valid base64") from None
 
 
-# -- the OpenAPI schema of PredictRequest, exactly what the server accepts ---------------------------
+# -- the OpenAPI schemas of PredictRequest and ReadRequest, exactly what the server accepts ----------
 # Pydantic's own schema cannot say "exactly one of", the allowed lengths, or the 0-1 scale's maximum;
 # a schema-driven client (or fuzzer) would then send requests the schema allows and the server
 # refuses. This one says all of it; tests/test_schema_fuzz.py holds the two to each other.

@@ -55,8 +55,9 @@ def _example(
     if as_photo:
         shot = photo(comp, rng, spacing)
         with Image.open(io.BytesIO(shot.data)) as img:
-            # Not the reading path's even_light/whole_strokes steps: they came after the bundled
-            # reader was trained, and its recipe must keep giving the same strips (MODEL_CARD).
+            # Not the reading path's even_light/whole_strokes steps: the bundled reader's weights
+            # were trained (and calibrated) on strips made this way, and its documented recipe
+            # must keep giving the same strips to rebuild them bit for bit (MODEL_CARD).
             ink = find_ink(work_gray(img.convert("L"), max_side=1280))
         if ink.blank:
             return None

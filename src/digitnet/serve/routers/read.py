@@ -75,7 +75,7 @@ def to_response(reading: NumberReading, info: ModelInfo) -> ReadResponse:
 async def read(
     request: Request, reader: Reader = Depends(get_reader), state: ServeState = Depends(get_state)
 ) -> Response:
-    items = await read_items(request, batch=False, single=ReadRequest)
+    items = await read_items(request, batch=False, state=state, single=ReadRequest)
     reading = await read_item(reader, items[0], state)
     info = ModelInfo(name=reader.name, version=reader.version)
     body: Any = to_response(reading, info)
