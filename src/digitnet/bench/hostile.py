@@ -1,7 +1,8 @@
 """`digitnet bench serve --hostile`: the service under hostile load, server and load on one machine.
 
 Five scenarios, each against a fresh `digitnet serve` on 127.0.0.1 whose memory (RSS of the whole
-process tree, all workers) is sampled every 100 ms, with `/healthz` probed on its own connection:
+process tree, all workers) is sampled every 100 ms, with `/healthz` probed on its own connection
+(from a thread of its own, so the load generator's event loop cannot delay it):
 
 - `big`: 8 concurrent uploads of a 6300×6300 RGBA PNG (≈ 190 KB each, 159 MB decoded);
 - `slow`: 100 connections that each send 4 MB of a body quickly, then one byte every 2.5 s;
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,20 +73,42 @@ class HostileConfig:
         return max(2, round(full * self.scale))
 
 
-async def _probe_health(port: int, stop: asyncio.Event, out: list[float]) -> None:
-    """GET /healthz every 250 ms on its own keep-alive connection; latencies (s), 10 s when none."""
-    conn = _Conn(HOST, port)
-    raw = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        try:
-            status, _ = await asyncio.wait_for(conn.roundtrip(raw), 10)
-            out.append(time.perf_counter() - t0 if status == 200 else 10.0)
-        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
-            out.append(10.0)
-            await conn.close()
-        await asyncio.sleep(0.25)
-    await conn.close()
+class HealthProbe:
+    """GET /healthz every 250 ms on its own keep-alive connection, from a thread of its own: the
+    load generator's event loop (which pushes 400 MB in the `slow` scenario) must not delay the
+    probe and be counted as the server's latency. Latencies in seconds; 10 s for no answer."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.latencies = port, list[float]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                conn = conn or http.client.HTTPConnection(HOST, self.port, timeout=10)
+                conn.request("GET", "/healthz")
+                reply = conn.getresponse()
+                reply.read()
+                self.latencies.append(time.perf_counter() - t0 if reply.status == 200 else 10.0)
+            except (OSError, http.client.HTTPException):
+                self.latencies.append(10.0)
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(0.25)
+        if conn is not None:
+            conn.close()
 
 
 async def _one_shot(port: int, raw: bytes, timeout: float) -> tuple[int, float]:
@@ -121,11 +146,9 @@ async def _big(srv: ServerUnderTest, cfg: HostileConfig) -> dict[str, Any]:
     body, ctype = _multipart(big_rgba_png(), filename="big.png")
     raw = _request("/v1/predict", body, ctype, f"{HOST}:{srv.port}")
     n, mark = cfg.n(8), srv.mark()
-    stop, lat = asyncio.Event(), list[float]()
-    probe = asyncio.create_task(_probe_health(srv.port, stop, lat))
-    res = await asyncio.gather(*(_one_shot(srv.port, raw, 120) for _ in range(n)))
-    stop.set()
-    await probe
+    with HealthProbe(srv.port) as probe:
+        res = await asyncio.gather(*(_one_shot(srv.port, raw, 120) for _ in range(n)))
+    lat = probe.latencies
     await asyncio.sleep(3.0)  # then: is the memory given back, or does RSS stay at its peak?
     after = round(srv.rss() / 2**20, 1)
     return {"uploads": n, "upload_bytes": len(body), "statuses": _statuses([s for s, _ in res]),
@@ -174,11 +197,9 @@ async def _slow_one(port: int, size: int, drip_s: float, limit_s: float) -> tupl
 
 async def _slow(srv: ServerUnderTest, cfg: HostileConfig) -> dict[str, Any]:
     n, mark, limit = cfg.n(100), srv.mark(), 40.0
-    stop, lat = asyncio.Event(), list[float]()
-    probe = asyncio.create_task(_probe_health(srv.port, stop, lat))
-    res = await asyncio.gather(*(_slow_one(srv.port, 4_000_000, 2.5, limit) for _ in range(n)))
-    stop.set()
-    await probe
+    with HealthProbe(srv.port) as probe:
+        res = await asyncio.gather(*(_slow_one(srv.port, 4_000_000, 2.5, limit) for _ in range(n)))
+    lat = probe.latencies
     closed = [t for s, t in res if t < limit - 0.5]
     return {"connections": n, "statuses": _statuses([s for s, _ in res]), "closed_by_server": len(closed),
             "closed_within_s": round(max(closed), 1) if closed else None, "peak_rss_mb": srv.peak_mb(mark),
