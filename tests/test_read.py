@@ -314,6 +314,23 @@ def test_rest_read_takes_the_same_inputs_and_gives_the_same_errors(mnist):
         assert "/v1/read" in client.get("/openapi.json").json()["paths"]
 
 
+def test_large_json_bodies_are_parsed_under_the_memory_budget(mnist):
+    """Bodies over 64 KB take the charged path (decode budget, worker thread): same answers."""
+    comp = number(mnist.x_test, mnist.y_test, 3, np.random.default_rng(4), "spaced", hard=False)
+    page = np.zeros((120, 400), np.uint8)  # 48,000 pixels: a ~100 KB JSON body
+    page[10 : 10 + comp.image.shape[0], 10 : 10 + comp.image.shape[1]] = comp.image[:110, :390]
+    with read_client() as client:
+        body = json.dumps({"pixels": page.tolist()})
+        assert len(body) > 64 * 1024
+        r = client.post("/v1/read", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert r.json()["number"] == digitnet.read_number(page).number
+        padded = json.dumps({"pixels": [0] * 784}) + " " * 70_000  # predict: the same path
+        p = client.post("/v1/predict", content=padded, headers={"content-type": "application/json"})
+        small = client.post("/v1/predict", json={"pixels": [0] * 784})
+        assert p.status_code == 200 and p.json() == small.json()
+
+
 def test_rest_read_refuses_every_bad_request_as_predict_does(bad_image_files):
     """The same status and the same JSON error from /v1/read as from /v1/predict: for files the
     whole error, for JSON bodies (whose messages name each model's own fields) its status and code."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -110,6 +110,32 @@ def _decode(pending: PendingImage, label: str, then: Callable[[Image.Image], T])
     return then(image)
 
 
+def busy(retry_after_s: int) -> HTTPError:
+    """503 + Retry-After: the memory budget (or the decoding threads) stayed full past the deadline."""
+    return HTTPError(
+        503,
+        "overloaded",
+        "the server is busy decoding images; retry shortly",
+        {"Retry-After": str(retry_after_s)},
+    )
+
+
+async def run_charged(
+    budget: Limiter, cost: int, timeout_s: float, retry_after_s: int, fn: Callable[..., T], *args: Any
+) -> T:
+    """`fn(*args)` in a worker thread while `cost` bytes of `budget` are held for it (capped at
+    the whole budget): for work whose memory is not an image's, such as parsing a large JSON body."""
+    cost = min(cost, budget.capacity)
+    try:
+        await budget.acquire(cost, timeout_s)
+    except Overloaded:
+        raise busy(retry_after_s) from None
+    try:
+        return await run_in_threadpool(fn, *args)
+    finally:
+        budget.release(cost)
+
+
 async def decode_upload(
     data: bytes,
     then: Callable[[Image.Image], T],
@@ -144,22 +170,14 @@ async def decode_upload(
             f"this server decodes at most {budget.capacity / 2**20:.0f} MiB at once",
         ) from None
     except Overloaded:
-        raise HTTPError(
-            503,
-            "overloaded",
-            "the server is busy decoding images; retry shortly",
-            {"Retry-After": str(retry_after_s)},
-        ) from None
+        raise busy(retry_after_s) from None
     try:
         if threads is None:
             return await run_in_threadpool(_decode, pending, label, then)
         try:
             await threads.acquire(1, max(0.0, deadline - time.monotonic()))
         except Overloaded:
-            raise HTTPError(
-                503, "overloaded", "the server is busy decoding images; retry shortly",
-                {"Retry-After": str(retry_after_s)},
-            ) from None  # fmt: skip
+            raise busy(retry_after_s) from None
         try:
             return await run_in_threadpool(_decode, pending, label, then)
         finally:

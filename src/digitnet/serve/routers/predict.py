@@ -18,14 +18,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from digitnet.inference.predictor import Prediction, Predictor
-from digitnet.serve.admission import Overloaded
 from digitnet.serve.batcher import MicroBatcher
+from digitnet.serve.decoding import run_charged
 from digitnet.serve.inputs import Item, item_from_request, predict_items
 from digitnet.serve.responses import HTTPError, validation_message
 from digitnet.serve.schemas import (
@@ -92,28 +91,6 @@ def _parse_json(body: bytes, batch: bool, single: type[PredictRequest] | type[Re
         raise HTTPError(422, "invalid_input", validation_message(exc.errors(include_url=False))) from None
 
 
-async def _parse_large_json(
-    body: bytes, batch: bool, single: type[PredictRequest] | type[ReadRequest], state: ServeState
-) -> list[Item]:
-    """A large JSON body becomes Python lists of floats while it is parsed: about 22 bytes held per
-    byte of body (a 3.7 MB body of pixels peaked at 82 MB). That memory is charged to the decode
-    budget, like a decoded image's, and the parse runs off the event loop."""
-    cost = min(len(body) * JSON_BYTES_PER_BODY_BYTE, state.decode_budget.capacity)
-    try:
-        await state.decode_budget.acquire(cost, state.limits.request_timeout_s)
-    except Overloaded:
-        raise HTTPError(
-            503,
-            "overloaded",
-            "the server is busy decoding images; retry shortly",
-            {"Retry-After": str(state.limits.retry_after_s)},
-        ) from None
-    try:
-        return await run_in_threadpool(_parse_json, body, batch, single)
-    finally:
-        state.decode_budget.release(cost)
-
-
 async def read_items(
     request: Request,
     *,
@@ -127,7 +104,18 @@ async def read_items(
         body = await request.body()
         if len(body) <= JSON_INLINE_BYTES:  # a 28×28 request: parsed at once, nothing to charge
             return _parse_json(body, batch, single)
-        return await _parse_large_json(body, batch, single, state)
+        # Parsing holds Python lists of floats, ~22 bytes per body byte (a 3.7 MB body of pixels
+        # peaked at 82 MB): charged to the decode budget like a decoded image, off the event loop.
+        return await run_charged(
+            state.decode_budget,
+            len(body) * JSON_BYTES_PER_BODY_BYTE,
+            state.limits.request_timeout_s,
+            state.limits.retry_after_s,
+            _parse_json,
+            body,
+            batch,
+            single,
+        )
     if media_type == "multipart/form-data":
         return await _read_files(request, "files" if batch else "file", MAX_BATCH if batch else 1)
     raise HTTPError(
