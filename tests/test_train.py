@@ -263,6 +263,25 @@ def test_checkpoint_keeps_the_registry_network_it_was_trained_with(toy, tmp_path
         torch.testing.assert_close(after.model(x), before.model(x))
 
 
+def test_a_reader_checkpoint_from_before_depth_loads_as_it_was_trained(tmp_path):
+    """The first bundled readers had one convolution per block and stored no `depth`; the registry
+    now builds two. Such a checkpoint must load with one, not fail or change."""
+    from digitnet.checkpoint import save_checkpoint
+    from digitnet.models import network_kwargs
+    from digitnet.networks import NumberReader
+
+    old_kwargs = {k: v for k, v in network_kwargs("reader").items() if k != "depth"}
+    assert network_kwargs("reader")["depth"] == 2
+    torch.manual_seed(0)
+    old = NumberReader(**old_kwargs).eval()  # the class default: depth 1
+    save_checkpoint(tmp_path / "model.pt", old, model_name="reader", model_kwargs=old_kwargs)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.model_kwargs["depth"] == 1
+    x = torch.rand(2, 1, 32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), old(x))
+
+
 def test_elastic_distortion_is_seeded_and_moves_ink():
     from digitnet.training.recipe import random_affine
 

@@ -160,9 +160,9 @@ MODELS: dict[str, ModelSpec] = {
         # An epoch is `epoch_size` freshly composed numbers (1-10 digits, every spacing); the
         # schedule and EMA are the digit models'.
         # The class defaults are the first reader's (checkpoints that never name `dilations`).
-        kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8]),
+        kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8], depth=2),
         recipe=dict(
-            epochs=24,
+            epochs=30,
             batch_size=64,
             lr=0.003,
             optimizer="adamw",
@@ -198,13 +198,19 @@ def network_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[s
     return {**defaults, **spec.kwargs, **(overrides or {})}
 
 
+# Constructor arguments added after checkpoints without them had shipped, and what those
+# checkpoints meant: one view before test-time augmentation (session 4; they were calibrated for
+# it), one convolution per block before the reader's `depth` (the first bundled readers).
+LATER_ARGS = {"tta": 0, "depth": 1}
+
+
 def saved_network_kwargs(name: str, saved: dict[str, Any]) -> dict[str, Any]:
-    """The full constructor arguments of a network whose checkpoint stored `saved`. Checkpoints
-    from before test-time augmentation (session 4) stored only overrides and never name `tta`:
-    they meant one view, and were calibrated for it."""
+    """The full constructor arguments of a network whose checkpoint stored `saved`: the registry's
+    for what it does not name (the oldest checkpoints stored only overrides), except `LATER_ARGS`."""
     kwargs = network_kwargs(name, saved)
-    if "tta" in kwargs and "tta" not in saved:
-        kwargs["tta"] = 0
+    for key, meant in LATER_ARGS.items():
+        if key in kwargs and key not in saved:
+            kwargs[key] = meant
     return kwargs
 
 

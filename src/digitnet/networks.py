@@ -176,10 +176,11 @@ class NumberReader(nn.Module):
     """A handwritten number, end to end: a text-line strip (B, 1, 32, W) in [0, 1], light on dark
     (`inference.reader.normalize_line`), → per-frame logits (B, 12, W/4) for CTC.
 
-    Convolutions only: two pooled blocks take the strip to 8 × W/4, a third pools height to 4, a
-    (4, 1) convolution collapses it, and 1-D convolutions along the line, dilated by `dilations`,
-    give each frame context on each side (with (1, 2, 4, 8): 31 frames, ~140 px at a 28 px text
-    height, where a digit is ~20 px wide: enough to untangle strokes that cross into a neighbour).
+    Convolutions only: three pooled blocks of `depth` 3×3 convolutions take the strip to 8 × W/4
+    and then pool its height to 4, a (4, 1) convolution collapses it, and 1-D convolutions along
+    the line, dilated by `dilations`, give each frame context on each side (with (1, 2, 4, 8): 31
+    frames, ~140 px at a 28 px text height, where a digit is ~20 px wide: enough to untangle
+    strokes that cross into a neighbour).
     """
 
     input_size = (1, 32, 160)  # (C, H, W) of a typical input: what the precision probe times
@@ -190,17 +191,20 @@ class NumberReader(nn.Module):
         hidden: int = 128,
         dropout: float = 0.1,
         dilations: list | tuple = (1, 2, 4),
+        depth: int = 1,
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels
 
         def block(c_in: int, c_out: int, pool: tuple[int, int]) -> list[nn.Module]:
-            return [
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(pool),
-            ]
+            layers: list[nn.Module] = []
+            for i in range(depth):  # a deeper block sees a whole digit (~20 px) before the pooling
+                layers += [
+                    nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                ]
+            return [*layers, nn.MaxPool2d(pool)]
 
         self.features = nn.Sequential(
             Normalize(),

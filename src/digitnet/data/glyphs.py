@@ -23,8 +23,7 @@ HELD_OUT_FONTS = ("liberation/Liberation*.ttf", "noto/NotoSans-*.ttf", "noto/Not
 # Letters that could pass for a digit (O/0, I/l/1, Z/2, S/5, B/8, G/6, q/9, …) are left out:
 # nobody can tell them apart, so a detector must not be asked to.
 LETTERS = "ACEFHKLMNPRUVWXYcefhkmnprtuvwxy"
-SYMBOLS = "$€£¥%#&@+=*/:;!?()[]<>~"
-# Alone in a 28×28 field, "/", "!", ")" and their kin are a 1 by another name; these are not.
+# Symbols that are not a 1 by another name, alone or in a line ("/", "!", ")" and their kin are).
 STANDALONE_SYMBOLS = "$€£¥%#&@+=*?<>"
 DASHES = "-–—_"
 
@@ -42,8 +41,11 @@ def font_files(patterns: tuple[str, ...], root: Path = FONT_ROOT) -> list[Path]:
     return found
 
 
-def render(char: str, font: Path, rng: np.random.Generator, size: int = 28) -> np.ndarray:
-    """One glyph (size, size) uint8, light on dark, longest side ~20 px, slightly rotated."""
+def render(
+    char: str, font: Path, rng: np.random.Generator, size: int = 28, shrink: tuple[float, float] = (0.6, 1.0)
+) -> np.ndarray:
+    """One glyph (size, size) uint8, light on dark, slightly rotated; its longest side is 20 px
+    (an MNIST digit's) times a factor drawn from `shrink`."""
     pt = int(rng.integers(36, 56))
     face = ImageFont.truetype(str(font), pt)
     canvas = Image.new("L", (pt * 2, pt * 2), 0)
@@ -56,7 +58,7 @@ def render(char: str, font: Path, rng: np.random.Generator, size: int = 28) -> n
     if box is None:
         return np.asarray(out)
     glyph = canvas.crop(box)
-    scale = 20.0 / max(glyph.size) * float(rng.uniform(0.6, 1.0))
+    scale = 20.0 / max(glyph.size) * float(rng.uniform(*shrink))
     glyph = glyph.resize(
         (max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.Resampling.LANCZOS
     )
@@ -64,11 +66,15 @@ def render(char: str, font: Path, rng: np.random.Generator, size: int = 28) -> n
     return np.asarray(out)
 
 
-def glyph_set(chars: str, patterns: tuple[str, ...], n: int, seed: int) -> np.ndarray:
-    """`n` glyphs (n, 28, 28) uint8 drawn from `chars` in the fonts matching `patterns`, seeded."""
+def glyph_set(
+    chars: str, patterns: tuple[str, ...], n: int, seed: int, shrink: tuple[float, float] = (0.6, 1.0)
+) -> np.ndarray:
+    """`n` glyphs (n, 28, 28) uint8 drawn from `chars` in the fonts matching `patterns`, seeded
+    (`shrink`: as `render`'s)."""
     rng = np.random.default_rng(seed)
     fonts = font_files(patterns)
     out = np.empty((n, 28, 28), np.uint8)
     for i in range(n):
-        out[i] = render(chars[int(rng.integers(len(chars)))], fonts[int(rng.integers(len(fonts)))], rng)
+        char, font = chars[int(rng.integers(len(chars)))], fonts[int(rng.integers(len(fonts)))]
+        out[i] = render(char, font, rng, shrink=shrink)
     return out

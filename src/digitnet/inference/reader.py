@@ -128,11 +128,14 @@ class Reader:
         name: str = "reader",
         version: str = "in-memory",
     ) -> Reader:
-        net = net.eval()
+        # channels_last: oneDNN's convolutions run faster on it (a 6-digit strip, 1 thread, Zen 5:
+        # 7.0 → 5.0-5.8 ms with two convolutions per block); the logits agree to 4e-6.
+        net = net.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
 
         def run_logits(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return net(torch.from_numpy(x)).float().numpy()
+                xb = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+                return net(xb).float().numpy()
 
         return cls(
             run_logits=run_logits,
