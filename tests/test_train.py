@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from digitnet.checkpoint import load_checkpoint
+from digitnet.checkpoint import load_checkpoint, save_checkpoint
 from digitnet.errors import ConfigError
+from digitnet.inference.reader import Reader
+from digitnet.models import network_kwargs
+from digitnet.networks import NumberReader
 from digitnet.training.config import TrainConfig
 from digitnet.training.loop import fit, stratified_split
 from digitnet.training.run import train
@@ -266,10 +269,6 @@ def test_checkpoint_keeps_the_registry_network_it_was_trained_with(toy, tmp_path
 def test_a_reader_checkpoint_from_before_depth_loads_as_it_was_trained(tmp_path):
     """The first bundled readers had one convolution per block and stored no `depth`; the registry
     now builds two. Such a checkpoint must load with one, not fail or change."""
-    from digitnet.checkpoint import save_checkpoint
-    from digitnet.models import network_kwargs
-    from digitnet.networks import NumberReader
-
     old_kwargs = {k: v for k, v in network_kwargs("reader").items() if k != "depth"}
     assert network_kwargs("reader")["depth"] == 2
     torch.manual_seed(0)
@@ -280,6 +279,11 @@ def test_a_reader_checkpoint_from_before_depth_loads_as_it_was_trained(tmp_path)
     x = torch.rand(2, 1, 32, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), old(x))
+    # reading runs channels_last on a copy: the module a run is about to save stays as it was
+    Reader.from_module(loaded.model)
+    assert all(p.is_contiguous() for p in loaded.model.parameters())
+    with pytest.raises(ConfigError, match="depth"):
+        NumberReader(depth=0)
 
 
 def test_elastic_distortion_is_seeded_and_moves_ink():

@@ -159,7 +159,7 @@ MODELS: dict[str, ModelSpec] = {
         "whole handwritten numbers: conv CTC over a text line, trained on composed MNIST",
         # An epoch is `epoch_size` freshly composed numbers (1-10 digits, every spacing); the
         # schedule and EMA are the digit models'.
-        # The class defaults are the first reader's (checkpoints that never name `dilations`).
+        # A reader checkpoint from before `depth` loads with one convolution per block (LATER_ARGS).
         kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8], depth=2),
         recipe=dict(
             epochs=30,
@@ -199,16 +199,16 @@ def network_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[s
 
 
 # Constructor arguments added after checkpoints without them had shipped, and what those
-# checkpoints meant: one view before test-time augmentation (session 4; they were calibrated for
-# it), one convolution per block before the reader's `depth` (the first bundled readers).
-LATER_ARGS = {"tta": 0, "depth": 1}
+# checkpoints meant, by model ("*": any): one view before test-time augmentation (session 4; they
+# were calibrated for it), one convolution per block before the reader's `depth`.
+LATER_ARGS: dict[str, dict[str, Any]] = {"*": {"tta": 0}, "reader": {"depth": 1}}
 
 
 def saved_network_kwargs(name: str, saved: dict[str, Any]) -> dict[str, Any]:
     """The full constructor arguments of a network whose checkpoint stored `saved`: the registry's
     for what it does not name (the oldest checkpoints stored only overrides), except `LATER_ARGS`."""
     kwargs = network_kwargs(name, saved)
-    for key, meant in LATER_ARGS.items():
+    for key, meant in {**LATER_ARGS["*"], **LATER_ARGS.get(name, {})}.items():
         if key in kwargs and key not in saved:
             kwargs[key] = meant
     return kwargs

@@ -194,6 +194,8 @@ class NumberReader(nn.Module):
         depth: int = 1,
     ) -> None:
         super().__init__()
+        if depth < 1:
+            raise ConfigError(f"reader depth must be at least 1 convolution per block, got {depth}")
         c1, c2, c3 = channels
 
         def block(c_in: int, c_out: int, pool: tuple[int, int]) -> list[nn.Module]:

@@ -16,6 +16,7 @@ the decoded string (all its alignments) with the temperature fitted on validatio
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,8 +130,9 @@ class Reader:
         version: str = "in-memory",
     ) -> Reader:
         # channels_last: oneDNN's convolutions run faster on it (a 6-digit strip, 1 thread, Zen 5:
-        # 7.0 → 5.0-5.8 ms with two convolutions per block); the logits agree to 4e-6.
-        net = net.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
+        # 7.0 → 5.0-5.8 ms with two convolutions per block); the logits agree to 4e-6. On a copy:
+        # `to` works in place, and the caller's module (a run about to be saved) must not change.
+        net = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
         def run_logits(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
