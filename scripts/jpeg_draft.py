@@ -1,7 +1,8 @@
 """What decoding JPEGs at a smaller DCT scale (`decode.JPEG_DRAFT`) costs in answers and saves in
 time, through the bundled model's `predict` path, on two sets of large JPEG photos of MNIST test
 digits: the real-image suite's photos enlarged to 720-1800 px, and small digits (42-140 px) on
-800-1600 px canvases. Each set is read with every draft setting given.
+800-1600 px canvases; and on the hostile benchmark's 1200×900 photo of a 7 (`bench.payloads`).
+Each set is read with every draft setting given.
 
     DIGITNET_DATA=../shared/mnist PYTHONPATH=src python scripts/jpeg_draft.py 1.0 0.9375
 """
@@ -15,6 +16,7 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
+from digitnet.bench.payloads import photo_jpeg
 from digitnet.data import load_dataset
 from digitnet.data.synth import digit_photo
 from digitnet.inference import decode
@@ -59,11 +61,18 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=600)
     args = ap.parse_args()
     data, predictor = load_dataset("mnist"), Predictor.load("default")
-    sets = (("enlarged suite", enlarged_suite, 2024), ("small on large", small_on_large, 77))
+    sets = (
+        ("enlarged suite", enlarged_suite, 2024),
+        ("small on large", small_on_large, 77),
+        ("burst photo", None, 0),
+    )
     for name, make, seed in sets:
         rng = np.random.default_rng(seed)
-        idx = rng.choice(len(data.x_test), args.photos, replace=False)
-        photos, truth = make(data.x_test[idx], rng), data.y_test[idx]
+        if make is None:
+            photos, truth = [photo_jpeg(i) for i in range(40)], np.full(40, 7)
+        else:
+            idx = rng.choice(len(data.x_test), args.photos, replace=False)
+            photos, truth = make(data.x_test[idx], rng), data.y_test[idx]
         for draft in args.drafts:
             decode.JPEG_DRAFT = draft
             t = time.perf_counter()

@@ -41,8 +41,8 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_WORK_SIDE = 640  # larger inputs are box-downscaled first: same result, bounded time and memory
 STRIP_BYTES = 8 * 1024 * 1024
 # A JPEG is decoded at no less than 15/16 of the working size (see open_image): a 1200×900 phone
-# photo then decodes at 1/2 scale (600 px, not 1200 reduced to 640), 13 % of `predict`'s time for
-# that photo; scripts/jpeg_draft.py compares the answers (BENCHMARKS.md, "Under hostile load").
+# photo then decodes at 1/2 scale (600 px, not 1200 reduced to 640): `predict` takes 8.2 → 4.7 ms
+# for it, and scripts/jpeg_draft.py compares the answers (BENCHMARKS.md, "Under hostile load").
 # For reading (`max_side` 1280) it applies to JPEGs of 2400 px and more, which then reach the
 # reader at 1200-1280 px rather than 1280.
 JPEG_DRAFT = 15 / 16
