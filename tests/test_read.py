@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 import digitnet
 from digitnet import DigitClassifier
 from digitnet.bench.read import unsure_shares
+from digitnet.checkpoint import PRETRAINED_DIR
 from digitnet.data.glyphs import HELD_OUT_FONTS, font_files, render
 from digitnet.data.synth import SPACINGS, compose, number, photo
 from digitnet.errors import InputError
@@ -184,6 +185,11 @@ def test_read_number_and_digitclassifier_doors(tmp_path, mnist):
     assert by_path.number.isdigit() and len(by_path.digits) == len(by_path.number)
     clf = DigitClassifier.load("default")
     assert clf.read_number(page).to_dict() == by_path.to_dict()
+    # a classifier holding a reader reads with its own network: the bundled reader, the same answer
+    own = DigitClassifier.load(PRETRAINED_DIR / "reader.pt")
+    assert own.read_number(page).to_dict() == by_path.to_dict()
+    built = own._reader[1]
+    assert own.read_number(page).to_dict() == by_path.to_dict() and own._reader[1] is built  # built once
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
