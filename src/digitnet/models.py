@@ -160,7 +160,7 @@ MODELS: dict[str, ModelSpec] = {
         # An epoch is `epoch_size` freshly composed numbers (1-10 digits, every spacing); the
         # schedule and EMA are the digit models'.
         # A reader checkpoint from before `depth` loads with one convolution per block (LATER_ARGS).
-        kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8], depth=2),
+        kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8], depth=2, upsample=2),
         recipe=dict(
             epochs=30,
             batch_size=64,
@@ -201,7 +201,11 @@ def network_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[s
 # Constructor arguments added after checkpoints without them had shipped, and what those
 # checkpoints meant, by model ("*": any): one view before test-time augmentation (session 4; they
 # were calibrated for it), one convolution per block before the reader's `depth`.
-LATER_ARGS: dict[str, dict[str, Any]] = {"*": {"tta": 0}, "reader": {"depth": 1}}
+LATER_ARGS: dict[str, dict[str, Any]] = {"*": {"tta": 0}, "reader": {"depth": 1, "upsample": 1}}
+
+# Constructor arguments that only add layers, by model: a checkpoint differing from a run in
+# these alone may start it (`--set init=`), the added layers keeping their own start.
+GROWN_BY: dict[str, set[str]] = {"reader": {"upsample"}}
 
 
 def saved_network_kwargs(name: str, saved: dict[str, Any]) -> dict[str, Any]:

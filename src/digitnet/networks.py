@@ -169,18 +169,24 @@ def single_view(model: nn.Module) -> Iterator[nn.Module]:
 
 
 READER_CLASSES = 12  # CTC blank (0), digits 0-9 (1-10), a mark that is not a digit (11)
-READER_STRIDE = 4  # strip columns per output frame
+READER_STRIDE = 4  # strip columns per frame of the convolutions (the strip's width is a multiple)
 
 
 class NumberReader(nn.Module):
     """A handwritten number, end to end: a text-line strip (B, 1, 32, W) in [0, 1], light on dark
-    (`inference.reader.normalize_line`), → per-frame logits (B, 12, W/4) for CTC.
+    (`inference.reader.normalize_line`), → per-frame logits (B, 12, W/stride) for CTC.
 
     Convolutions only: three pooled blocks of `depth` 3×3 convolutions take the strip to 8 × W/4
     and then pool its height to 4, a (4, 1) convolution collapses it, and 1-D convolutions along
     the line, dilated by `dilations`, give each frame context on each side (with (1, 2, 4, 8): 31
     frames, ~140 px at a 28 px text height, where a digit is ~20 px wide: enough to untangle
     strokes that cross into a neighbour).
+
+    `upsample=2` gives two output frames per 4 columns (`stride` 2): CTC needs a blank frame
+    between two equal labels, and two narrow 1s side by side are only 1-2 frames of 4 columns
+    apart ("1911" was read "191"). A transposed convolution turns each frame into two; it starts
+    as plain duplication, so a stride-4 reader's weights load into it and read exactly as before
+    (`init_from`), and fine-tuning then learns what each half of a frame sees.
     """
 
     input_size = (1, 32, 160)  # (C, H, W) of a typical input: what the precision probe times
@@ -192,10 +198,14 @@ class NumberReader(nn.Module):
         dropout: float = 0.1,
         dilations: list | tuple = (1, 2, 4),
         depth: int = 1,
+        upsample: int = 1,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ConfigError(f"reader depth must be at least 1 convolution per block, got {depth}")
+        if upsample not in (1, 2):
+            raise ConfigError(f"reader upsample must be 1 or 2 frames per 4 columns, got {upsample}")
+        self.stride = READER_STRIDE // upsample  # strip columns per output frame
         c1, c2, c3 = channels
 
         def block(c_in: int, c_out: int, pool: tuple[int, int]) -> list[nn.Module]:
@@ -224,6 +234,12 @@ class NumberReader(nn.Module):
                 nn.BatchNorm1d(hidden),
                 nn.ReLU(inplace=True),
             ]
+        if upsample > 1:
+            split = nn.ConvTranspose1d(hidden, hidden, upsample, stride=upsample)
+            with torch.no_grad():  # each frame copied `upsample` times: the stride-4 function
+                split.weight.copy_(torch.eye(hidden)[:, :, None].expand(-1, -1, upsample))
+                split.bias.zero_()  # type: ignore[union-attr]  # bias=True: never None
+            context += [split, nn.ReLU(inplace=True)]  # the features are >= 0: ReLU keeps the copy
         self.context = nn.Sequential(
             *context,
             nn.Dropout(dropout),
@@ -232,4 +248,4 @@ class NumberReader(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x).squeeze(2)  # (B, hidden, W/4)
-        return self.head(self.context(f))  # (B, 12, W/4)
+        return self.head(self.context(f))  # (B, 12, W/stride)

@@ -38,6 +38,7 @@ class ReadBenchConfig:
     max_length: int = 8
     seed: int = 7
     peer: str | None = None
+    backend: str = "auto"
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -145,7 +146,7 @@ def unsure_shares(cases: list[dict[str, Any]], answers: list[str], unsure: list[
 
 def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     """Build the photos, read them with digitnet (and the peer); returns the JSON-able figures."""
-    reader = Reader.load(cfg.model, threads=cfg.threads)
+    reader = Reader.load(cfg.model, backend=cfg.backend, threads=cfg.threads)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="digitnet-bench-read-") as tmp:
         cases = make_photos(data, cfg, Path(tmp))
@@ -171,7 +172,7 @@ def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     env = environment(cfg.threads)
     return {
         "config": asdict(cfg),
-        "reader": {"name": reader.name, "version": reader.version},
+        "reader": {"name": reader.name, "version": reader.version, "backend": reader.backend},
         "results": results,
         "environment": env,
         "data": getattr(data, "source", ""),

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-from digitnet.cli.options import DataDir, JsonOut, Offline, load_data
+from digitnet.cli.options import Backend, DataDir, JsonOut, Offline, load_data
 from digitnet.cli.predict import expand_paths
 from digitnet.errors import InputError
 from digitnet.utils import atomic_write_bytes
@@ -45,10 +45,14 @@ def read_cmd(
             "--annotate", help="Write each image with its digits' boxes drawn on it into this folder (PNG)."
         ),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's).")] = None,
+    backend: Backend = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for the model (default: the backend's).")
+    ] = None,
 ) -> None:
     """Read the whole number in each image: its digits left to right, a box and confidence each."""
-    from digitnet.inference.reader import Reader, decode_for_reading
+    from digitnet.inference.lines import decode_for_reading
+    from digitnet.inference.reader import Reader
 
     files, errors = expand_paths(paths)
     rows: list[dict[str, Any]] = []
@@ -56,7 +60,7 @@ def read_cmd(
         err_console.print(f"error: {message}", markup=False)
     failed = len(errors)
     if files:
-        reader = Reader.load(model, threads=threads)
+        reader = Reader.load(model, backend=backend, threads=threads)
         names = _annotation_names(files)
         for f in files:
             try:
@@ -141,7 +145,10 @@ def bench_read(
         str | None, typer.Option("--peer", help="Also read the same files with: tesseract.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Which photos: same seed, same photos.")] = 7,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's).")] = None,
+    backend: Backend = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for the model (default: the backend's).")
+    ] = None,
     json_out: JsonOut = False,
     data_dir: DataDir = None,
     offline: Offline = False,
@@ -150,7 +157,13 @@ def bench_read(
     from digitnet.bench.read import ReadBenchConfig, run_read_bench
 
     cfg = ReadBenchConfig(
-        model=model, per_cell=per_cell, max_length=max_length, seed=seed, peer=peer, threads=threads
+        model=model,
+        per_cell=per_cell,
+        max_length=max_length,
+        seed=seed,
+        peer=peer,
+        backend=backend,
+        threads=threads,
     )
     result = run_read_bench(cfg, load_data("mnist", data_dir, offline))
     if json_out:

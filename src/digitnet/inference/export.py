@@ -1,10 +1,12 @@
 """ONNX export: the same function of the raw pixels as the checkpoint, runnable without torch.
 
-Input `x` float32 (B, 1, 28, 28) in [0, 1] (dynamic batch), output `logits` (B, 10); the MNIST
-normalisation is inside the graph. Calibration travels as ONNX `metadata_props`
-(`digitnet.temperature`, `digitnet.unsure_threshold`, `digitnet.model`, `digitnet.version`,
-`digitnet.views`: the test-time augmentation copies of each image the graph runs), so
-the ONNX backend of `Predictor` needs nothing but the .onnx file.
+A digit model: input `x` float32 (B, 1, 28, 28) in [0, 1] (dynamic batch), output `logits`
+(B, 10). A reader: input `x` (B, 1, 32, W), W any multiple of 4 (dynamic), output `logits`
+(B, 12, W/stride). The MNIST normalisation is inside the graph. Calibration travels as ONNX
+`metadata_props` (`digitnet.temperature`, `digitnet.unsure_threshold`, `digitnet.model`,
+`digitnet.version`, `digitnet.views`: the test-time augmentation copies of each image the graph
+runs; `digitnet.stride` for a reader), so the ONNX backends of `Predictor` and `Reader` need
+nothing but the .onnx file.
 
 Integrity: a hash written inside the file cannot vouch for the file (zero one initializer and the
 metadata still reads fine). So `export_onnx` also records the file's own SHA-256 beside it, in
@@ -33,8 +35,9 @@ from digitnet.checkpoint import (
 )
 from digitnet.errors import ModelError
 from digitnet.inference.folding import fold_for_inference
+from digitnet.inference.lines import MAX_STRIP_W, STRIP_H
 from digitnet.models import get_spec
-from digitnet.networks import views_per_image
+from digitnet.networks import READER_STRIDE, views_per_image
 from digitnet.utils import atomic_write_bytes, first_line
 
 OPSET = 18
@@ -54,14 +57,18 @@ MAX_VIEWS = 25  # test-time augmentation copies per image: tta=2 at most (networ
 
 
 def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
-    """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel` of a digit model."""
-    if get_spec(loaded.name).task != "digits":
-        raise ModelError(
-            f"{loaded.name!r} reads whole numbers and runs on torch; only digit models export to ONNX"
-        )
-    model = fold_for_inference(loaded.model.float().eval())  # BN folded: ORT fuses Conv+ReLU
-    example = torch.zeros(2, 1, 28, 28)
+    """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel`: a digit model or a reader."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    reads_numbers = get_spec(loaded.name).task == "numbers"
+    if reads_numbers:  # ONNX Runtime folds each BatchNorm into its conv itself
+        model = loaded.model.float().eval()
+        example = torch.zeros(2, 1, STRIP_H, 160)
+        frames = torch.export.Dim("frames", min=1, max=MAX_STRIP_W // READER_STRIDE)
+        shapes: tuple[dict[int, Any], ...] = ({0: batch, 3: READER_STRIDE * frames},)  # W: whole frames
+    else:
+        model = fold_for_inference(loaded.model.float().eval())  # BN folded: ORT fuses Conv+ReLU
+        example = torch.zeros(2, 1, 28, 28)
+        shapes = ({0: batch},)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     try:
@@ -73,7 +80,7 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
                 (example,),
                 input_names=[INPUT],
                 output_names=[OUTPUT],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=shapes,
                 opset_version=opset,
                 dynamo=True,
                 verbose=False,
@@ -92,8 +99,10 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
         "digitnet.unsure_threshold": repr(float(loaded.unsure_threshold)),
         "digitnet.not_digit_threshold": repr(float(loaded.not_digit_threshold)),
         "digitnet.version": checkpoint_version(loaded),
-        "digitnet.views": str(views_per_image(loaded.model)),
-    }  # test-time augmentation copies per image
+        "digitnet.views": str(views_per_image(loaded.model)),  # test-time augmentation copies per image
+    }
+    if reads_numbers:
+        meta["digitnet.stride"] = str(getattr(loaded.model, "stride", READER_STRIDE))
     if loaded.path is not None:  # lets `Predictor.load(backend="auto")` spot a stale export
         meta["digitnet.checkpoint_sha256"] = file_sha256(loaded.path)
     del proto.metadata_props[:]
@@ -132,6 +141,7 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
             "unsure_threshold": float(props["digitnet.unsure_threshold"]),
             "not_digit_threshold": float(props.get("digitnet.not_digit_threshold", "0.0")),
             "views": views,
+            "stride": int(props.get("digitnet.stride", str(READER_STRIDE))),
             "checkpoint_sha256": props.get("digitnet.checkpoint_sha256"),
         }
     except (KeyError, ValueError):

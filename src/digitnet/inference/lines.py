@@ -5,25 +5,28 @@ grows the ink mask along faint parts of strokes; `clean_ink` removes what is ink
 (specks, dots, ruled lines, underlines) from an ink mask; `normalize_line` crops what is left and
 scales it to the reader's strip, 32 px tall with the text 28 px high, remembering how to map strip
 columns back to the input image (`Geometry`).
-CTC decoding (`best_path`), the probability of a whole string (`string_log_prob`, the CTC forward
-pass) and per-label frame spans live here too: pure NumPy, shared by training and inference.
+`find_line` is the whole way from an image to the strip, the one every door reads through.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from digitnet.inference.preprocess import decode_image, find_ink, work_gray
 from digitnet.networks import READER_STRIDE
 
 STRIP_H, TEXT_H, PAD_X = 32, 28, 8  # strip height, text height inside it, blank columns each side
 MAX_STRIP_W = 2048  # a 12-digit number at 28 px is ~450 px; wider lines are scaled down to fit
 MIN_TEXT_H = 4  # working pixels: writing lower than this holds no digit a person could read
 WEAK_INK = 0.3  # of `find_ink`'s ink scale: a stroke's faint parts, kept where they touch sure ink
-BLANK = 0  # CTC blank; label k (0-9 digits, 10 = not a digit) is class k + 1
+READ_MAX_SIDE = 1280  # larger photos are box-downscaled first: a 12-digit line still gets ~100 px a digit
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in the input image's pixels
 
 
 @dataclass(frozen=True)
@@ -163,49 +166,52 @@ def normalize_line(ink: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.
     return strip, Geometry(x0, y0, scale, top, width)
 
 
-def best_path(log_probs: np.ndarray) -> tuple[list[int], list[tuple[int, int]]]:
-    """Greedy CTC decoding of (T, C) log-probabilities → labels (class - 1) and each label's frame
-    span [first, last] (consecutive frames of the same class are one label; blanks separate)."""
-    best = log_probs.argmax(axis=1)
-    labels: list[int] = []
-    spans: list[tuple[int, int]] = []
-    prev = BLANK
-    for t, c in enumerate(best):
-        c = int(c)
-        if c != BLANK and c == prev:
-            spans[-1] = (spans[-1][0], t)
-        elif c != BLANK:
-            labels.append(c - 1)
-            spans.append((t, t))
-        prev = c
-    return labels, spans
+@dataclass(frozen=True)
+class Line:
+    """An image's line of writing, as the reader takes it, and the way back to the image."""
+
+    strip: np.ndarray  # (32, W) float32 in [0, 1], light on dark; W a multiple of READER_STRIDE
+    geom: Geometry  # strip ↔ the working image
+    to_input: float  # input pixels per working pixel
+    size: tuple[int, int]  # the input image's (width, height)
+
+    def box(self, c0: int, r0: int, c1: int, r1: int) -> Box:
+        """Strip columns [c0, c1) × rows [r0, r1) → their box in the input image's pixels."""
+        (ax, ay), (bx, by) = self.geom.to_input(c0, r0), self.geom.to_input(c1, r1)
+        return (
+            max(0, int(ax * self.to_input)),
+            max(0, int(ay * self.to_input)),
+            min(self.size[0], math.ceil(bx * self.to_input)),
+            min(self.size[1], math.ceil(by * self.to_input)),
+        )
 
 
-def string_log_prob(log_probs: np.ndarray, labels: list[int]) -> float:
-    """log p(labels | x) under CTC: the forward algorithm over (T, C) log-probabilities, summing
-    every alignment of the label sequence (label k is class k + 1)."""
-    ext = [BLANK]
-    for k in labels:
-        ext += [k + 1, BLANK]  # blank, l1, blank, l2, …, blank
-    s = len(ext)
-    t_max = log_probs.shape[0]
-    alpha = np.full(s, -np.inf)
-    alpha[0] = log_probs[0, BLANK]
-    if s > 1:
-        alpha[1] = log_probs[0, ext[1]]
-    ext_arr = np.asarray(ext)
-    skip = np.zeros(s, bool)  # a transition may skip the blank between two different labels
-    skip[2:] = (ext_arr[2:] != BLANK) & (ext_arr[2:] != ext_arr[:-2])
-    for t in range(1, t_max):
-        prev = alpha
-        stay = prev
-        step = np.concatenate([[-np.inf], prev[:-1]])
-        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], prev[:-2]]), -np.inf)
-        alpha = np.logaddexp(np.logaddexp(stay, step), jump) + log_probs[t, ext_arr]
-    end = alpha[-1] if s == 1 else np.logaddexp(alpha[-1], alpha[-2])
-    return float(end)
+def decode_for_reading(source: str | Path | bytes | bytearray | memoryview) -> Image.Image:
+    """Untrusted bytes or a file → an image, bounded like every decode but kept at the reading
+    size (`READ_MAX_SIDE`): a row of digits needs more pixels than one digit does."""
+    data = bytes(source) if isinstance(source, bytearray | memoryview) else source
+    return decode_image(data, max_side=READ_MAX_SIDE)
 
 
-def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = logits - logits.max(axis=axis, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+def find_line(img: Image.Image | np.ndarray | str | Path | bytes) -> Line | None:
+    """An image (a path or its bytes, decoded by `decode_for_reading`; a PIL image; an (H, W) /
+    (H, W, 3|4) array) → its line of writing, or None when it holds none: the ink found as for one
+    digit (after `even_light`), grown along faint strokes, cleaned of what is not writing, and
+    normalised to the reader's strip."""
+    if isinstance(img, str | Path | bytes | bytearray | memoryview):
+        img = decode_for_reading(img)
+    size = img.size if isinstance(img, Image.Image) else (img.shape[1], img.shape[0])
+    if isinstance(img, Image.Image) and "original_size" in img.info:  # decoded smaller than it is
+        ow, oh = img.info["original_size"]
+        size = (ow, oh) if (ow >= oh) == (size[0] >= size[1]) else (oh, ow)  # EXIF may have turned it
+    gray = work_gray(img, READ_MAX_SIDE)
+    ink = find_ink(even_light(gray))
+    if ink.blank:  # the levelling assumes paper at all four edges; a dark edge breaks that
+        ink = find_ink(gray)
+    if ink.blank:
+        return None
+    found = normalize_line(ink.image, clean_ink(whole_strokes(ink.image, ink.mask)))
+    if found is None:
+        return None
+    strip, geom = found
+    return Line(strip, geom, max(size) / max(gray.shape), size)

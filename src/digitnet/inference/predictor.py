@@ -34,6 +34,8 @@ from digitnet.networks import views_per_image
 from digitnet.utils import first_line
 
 BACKENDS = ("auto", "torch", "onnx")
+READER = "reader"  # the registry's model that reads numbers, not one digit
+READS_NUMBERS = "a 'reader' model reads whole numbers, not one digit: use `digitnet read`"
 CHUNK = 4096  # images per model call: bounds memory for huge inputs
 
 RunLogits = Callable[[np.ndarray], np.ndarray]  # float32 (N, 1, 28, 28) in [0, 1] → logits (N, 10)
@@ -144,23 +146,11 @@ class Predictor:
         """backend: "torch", "onnx" (ONNX Runtime), or "auto" = onnx when `model` is an .onnx file or
         an export of this very checkpoint sits beside it as model.onnx, else torch. ONNX Runtime is
         the faster of the two on CPU (see BENCHMARKS.md)."""
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
         if threads is not None and threads < 1:
             raise ConfigError("threads must be >= 1")
-        onnx_file, data, problem = _onnx_beside(model)
-        if problem is not None and str(model).endswith(".onnx"):
-            raise ModelError(problem)  # the file named is the model: nothing to fall back to
-        if backend == "auto":
-            if problem is not None:  # an export is there but cannot be trusted: say so, use torch
-                warnings.warn(f"{problem}; using the torch backend instead", DigitnetWarning, stacklevel=2)
-            backend = "onnx" if onnx_file is not None and problem is None else "torch"
+        backend, onnx_file, data = choose_backend(model, backend)
         if backend == "onnx":
-            if problem is not None:
-                raise ModelError(problem)
             return cls._load_onnx(model, onnx_file, data, threads)
-        if str(model).endswith(".onnx"):
-            raise ModelError(f"{model}: an .onnx file runs only with backend 'onnx'")
         return cls._load_torch(model, threads)
 
     @classmethod
@@ -168,6 +158,8 @@ class Predictor:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
         loaded = load_checkpoint(model)
+        if loaded.name == READER:
+            raise ModelError(f"{loaded.path}: {READS_NUMBERS}")
         return cls(
             run_logits=torch_logits(fast_module(loaded.model.eval())),
             name=loaded.name,
@@ -184,12 +176,10 @@ class Predictor:
     def _load_onnx(
         cls, model: str | Path, onnx_file: Path | None, verified: bytes, threads: int | None
     ) -> Predictor:
-        if onnx_file is not None:
-            data, source = verified, str(onnx_file)
-        else:  # no exported file beside the checkpoint: export in memory (a few seconds, once)
-            loaded = load_checkpoint(model)
-            data, source = onnx_bytes(loaded), str(loaded.path)
+        data, source = export_to_run(model, onnx_file, verified)
         meta = read_metadata(data, source)
+        if meta["model"] == READER:
+            raise ModelError(f"{source}: {READS_NUMBERS}")
         session = onnx_session(data, source, threads)
         input_name = session.get_inputs()[0].name
 
@@ -300,6 +290,37 @@ class Predictor:
 
 
 _preprocess = preprocess  # `predict_images`' keyword `preprocess` shadows the function inside it
+
+
+def choose_backend(model: str | Path, backend: str) -> tuple[str, Path | None, bytes]:
+    """("torch" | "onnx", the trusted export to run or None, its verified bytes) for `model` (a
+    run folder, model file, .onnx file or a bundled model's path): the one backend rule of the
+    `Predictor` and the `Reader`. "auto" = onnx when `model` is an .onnx file or an export of this
+    very checkpoint sits beside it, else torch (with a one-line warning when an export is there
+    but cannot be trusted). ONNX Runtime is the faster of the two on CPU (BENCHMARKS.md)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    onnx_file, data, problem = _onnx_beside(model)
+    if problem is not None and str(model).endswith(".onnx"):
+        raise ModelError(problem)  # the file named is the model: nothing to fall back to
+    if backend == "auto":
+        if problem is not None:  # an export is there but cannot be trusted: say so, use torch
+            warnings.warn(f"{problem}; using the torch backend instead", DigitnetWarning, stacklevel=3)
+        backend = "onnx" if onnx_file is not None and problem is None else "torch"
+    if backend == "onnx" and problem is not None:
+        raise ModelError(problem)
+    if backend == "torch" and str(model).endswith(".onnx"):
+        raise ModelError(f"{model}: an .onnx file runs only with backend 'onnx'")
+    return backend, onnx_file, data
+
+
+def export_to_run(model: str | Path, onnx_file: Path | None, verified: bytes) -> tuple[bytes, str]:
+    """(ONNX bytes, their source) for the onnx backend: the trusted file `choose_backend` found,
+    or, with none beside the checkpoint, an export made in memory (a few seconds, once)."""
+    if onnx_file is not None:
+        return verified, str(onnx_file)
+    loaded = load_checkpoint(model)
+    return onnx_bytes(loaded), str(loaded.path)
 
 
 def _onnx_beside(model: str | Path) -> tuple[Path | None, bytes, str | None]:

@@ -22,7 +22,7 @@ from torch import nn
 import digitnet.training.distributed as dist
 from digitnet.checkpoint import load_checkpoint
 from digitnet.errors import ConfigError
-from digitnet.models import build_model, get_spec, network_kwargs
+from digitnet.models import GROWN_BY, build_model, get_spec, network_kwargs
 from digitnet.training.config import TrainConfig
 from digitnet.training.digits import DigitTask
 from digitnet.training.numbers import NumberTask
@@ -251,18 +251,23 @@ def _fit(
     return FitResult(final, history, train_seconds, best.epoch, best.score if has_val else None, run.bf16)
 
 
-def initial_weights(cfg: TrainConfig) -> State:
-    """The state dict a fine-tuning run starts from (`cfg.init`): the same network, or a ConfigError."""
+def start_from(model: nn.Module, cfg: TrainConfig) -> None:
+    """Load the weights a fine-tuning run starts from (`cfg.init`) into `model`: the same network,
+    or one that `models.GROWN_BY` lets grow (a stride-4 reader starting a stride-2 one: the new
+    layers keep their own start, which computes what the old network did); else a ConfigError."""
     start = load_checkpoint(cfg.init)
-    wanted = network_kwargs(cfg.model, cfg.model_kwargs)
-    if start.name != cfg.model or json.loads(json.dumps(start.model_kwargs)) != json.loads(
-        json.dumps(wanted)
-    ):
+    wanted = json.loads(json.dumps(network_kwargs(cfg.model, cfg.model_kwargs)))
+    saved = json.loads(json.dumps(start.model_kwargs))
+    grown = GROWN_BY.get(cfg.model, set())
+    differ = {k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k)}
+    if start.name != cfg.model or not differ <= grown:
         raise ConfigError(
             f"--set init={cfg.init}: a {start.name!r} network {start.model_kwargs} cannot start a "
             f"{cfg.model!r} run {wanted}"
         )
-    return start.model.state_dict()
+    _missing, unexpected = model.load_state_dict(start.model.state_dict(), strict=not differ)
+    if unexpected:  # growing only adds layers: every saved weight has its place
+        raise ConfigError(f"--set init={cfg.init}: weights with no place in the run's network: {unexpected}")
 
 
 def make_task(setup: TaskSetup) -> Task:
@@ -288,7 +293,7 @@ def _start(
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     model = build_model(cfg.model, **cfg.model_kwargs).to(device)
     if cfg.init:
-        model.load_state_dict(initial_weights(cfg))
+        start_from(model, cfg)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     opt = make_optimizer(model, cfg)
     ema = EMA(model, cfg.ema) if cfg.ema else None

@@ -26,9 +26,13 @@ from torch import nn
 
 from digitnet.data.glyphs import DASHES, LETTERS, STANDALONE_SYMBOLS, TRAIN_FONTS, glyph_set
 from digitnet.data.synth import SPACINGS, number, photo
-from digitnet.inference.lines import best_path, clean_ink, normalize_line
+from digitnet.inference.ctc import best_path, calibrated
+from digitnet.inference.lines import clean_ink, find_line, normalize_line
 from digitnet.inference.preprocess import find_ink, work_gray
-from digitnet.inference.reader import Reader, calibrated
+from digitnet.inference.reader import Reader
+from digitnet.models import network_kwargs
+from digitnet.networks import READER_STRIDE
+from digitnet.training.config import TrainConfig
 from digitnet.training.task import Batch, TaskSetup
 
 LENGTHS = (1, 11)  # digits per training number: 1 to 10
@@ -37,6 +41,8 @@ PHOTO_RATE = 0.06  # numbers that take the whole photo path (9 ms each, against 
 SPACING_MIX = (0.25, 0.25, 0.5)  # spaced, tight, touching: touching is the hard one, so half the numbers
 PREFETCH = 4  # batches composed ahead, in a thread, while the model trains on the current one
 VAL_NUMBERS = 1000  # the validation set: composed once from the validation digits
+VAL_PHOTOS = 1200  # calibration: photos of validation numbers, read the whole way (`reading_scores`)
+Scored = tuple[np.ndarray, list[int]]  # one line's logits (12, T) and its true labels
 
 
 def _example(
@@ -67,13 +73,14 @@ def _example(
     return None if line is None else (line[0], comp.labels)
 
 
-def collate(items: list[tuple[np.ndarray, list[int]]], device: torch.device) -> Batch:
-    """Strips of any width → one zero-padded batch (B, 1, 32, W) and CTC targets."""
+def collate(items: list[tuple[np.ndarray, list[int]]], device: torch.device, stride: int) -> Batch:
+    """Strips of any width → one zero-padded batch (B, 1, 32, W) and CTC targets for a reader
+    with `stride` strip columns per output frame."""
     width = max(s.shape[1] for s, _ in items)
     x = np.zeros((len(items), 1, items[0][0].shape[0], width), np.float32)
     for i, (strip, _) in enumerate(items):
         x[i, 0, :, : strip.shape[1]] = strip
-    widths = torch.tensor([s.shape[1] // 4 for s, _ in items], dtype=torch.long)  # frames per example
+    widths = torch.tensor([s.shape[1] // stride for s, _ in items], dtype=torch.long)  # frames per example
     labels = [torch.tensor(lab, dtype=torch.long) + 1 for _, lab in items]  # class = label + 1
     target = (
         torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
@@ -101,12 +108,17 @@ def vary(x: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor
     return torch.where(pick[:, 4], x * faint, x).contiguous(memory_format=torch.channels_last)
 
 
+def reader_stride(cfg: TrainConfig) -> int:
+    """Strip columns per output frame of the reader `cfg` trains."""
+    return READER_STRIDE // int(network_kwargs(cfg.model, cfg.model_kwargs)["upsample"])
+
+
 def _decoded(log_probs: np.ndarray, frames: int) -> list[int]:
     return best_path(log_probs[:frames])[0]
 
 
 def validation_numbers(
-    x_val: np.ndarray, y_val: np.ndarray, device: torch.device, n: int = VAL_NUMBERS
+    x_val: np.ndarray, y_val: np.ndarray, device: torch.device, stride: int, n: int = VAL_NUMBERS
 ) -> list[Batch]:
     """The fixed validation set: `n` numbers of 1-8 digits from the validation digits, every
     spacing, a quarter of them as photos; batches of similar width. The same for every seed."""
@@ -128,26 +140,30 @@ def validation_numbers(
         for i in range(n)
     ]
     kept = sorted((it for it in items if it is not None), key=lambda it: it[0].shape[1])
-    return [collate(kept[i : i + 100], device) for i in range(0, len(kept), 100)]
+    return [collate(kept[i : i + 100], device, stride) for i in range(0, len(kept), 100)]
 
 
-@torch.no_grad()
-def line_scores(model: nn.Module, batches: list[Batch]) -> list[tuple[np.ndarray, list[int]]]:
-    """(logits (12, frames), true labels) for each number of `batches`."""
-    model.eval()
-    out = []
-    for batch in batches:
-        logits = model(batch.x).float().cpu().numpy()  # (B, 12, T)
-        _, frames, _, labels = batch.target
-        out += [(lg[:, : int(f)], lab) for lg, f, lab in zip(logits, frames, labels, strict=True)]
-    return out
+def reading_scores(reader: Reader, x_val: np.ndarray, y_val: np.ndarray, n: int = VAL_PHOTOS) -> list[Scored]:
+    """(logits (12, T), true labels) for `n` photos of numbers composed from the validation digits,
+    each found and normalised by `lines.find_line` as a user's photo is (the strips the network
+    trains on skip some of those steps): what `calibrate_reader` fits. 1-8 digits, every spacing,
+    half with slant, broken strokes, dots and lines. Seeded: the same photos for every run."""
+    rng = np.random.default_rng(4321)
+    xv, yv = np.asarray(x_val, np.uint8).reshape(-1, 28, 28), np.asarray(y_val)
+    scored = []
+    for i in range(n if len(xv) else 0):
+        spacing = SPACINGS[i % 3]
+        comp = number(xv, yv, int(rng.integers(1, 9)), rng, spacing, hard=bool(i % 2))
+        line = find_line(photo(comp, rng, spacing).data)
+        if line is not None:  # a photo read as blank paper has no confidence to calibrate
+            scored.append((reader.line_logits(line.strip), comp.labels))
+    return scored
 
 
-def calibrate_reader(model: nn.Module, batches: list[Batch], target: float = 0.99) -> tuple[float, float]:
-    """(temperature, unsure threshold) for the reader on validation numbers: the temperature that
+def calibrate_reader(scored: list[Scored], target: float = 0.99) -> tuple[float, float]:
+    """(temperature, unsure threshold) for a reader from its `reading_scores`: the temperature that
     makes p(decoded string) a calibrated probability of being right (binary NLL, golden section on
     log T), and the lowest confidence whose answers stay `target` right (never below 0.5)."""
-    scored = line_scores(model, batches)
     if not scored:
         return 1.0, 0.0
 
@@ -181,11 +197,10 @@ def calibrate_reader(model: nn.Module, batches: list[Batch], target: float = 0.9
 
 
 def test_numbers(
-    model: nn.Module, x_test: np.ndarray, y_test: np.ndarray, per_cell: int = 50
+    reader: Reader, x_test: np.ndarray, y_test: np.ndarray, per_cell: int = 50
 ) -> dict[str, Any]:
     """Whole-number accuracy on photos of numbers composed from MNIST *test* digits: lengths 1-8
     × the three spacings × `per_cell`, seeded (the same photos for every run)."""
-    reader = Reader.from_module(model)
     rng = np.random.default_rng(20261201)
     by_spacing: dict[str, list[bool]] = {s: [] for s in SPACINGS}
     for spacing in SPACINGS:
@@ -215,11 +230,12 @@ class NumberTask:
         # narrow 1s "not a digit" (half its errors on the benchmark's spaced 8-digit numbers).
         chars = LETTERS + STANDALONE_SYMBOLS + DASHES
         self.marks = list(glyph_set(chars, TRAIN_FONTS, 2000, seed=cfg.seed, shrink=(1.0, 1.0)))
+        self.stride = reader_stride(cfg)
         size = cfg.epoch_size or len(self.x)
         self.steps_per_epoch = max(1, size // cfg.batch_size)
         self.val = []
         if x_val is not None and y_val is not None:
-            self.val = validation_numbers(x_val, y_val, self.device)
+            self.val = validation_numbers(x_val, y_val, self.device, self.stride)
 
     def _compose(self, epoch: int, out: queue.Queue, stop: threading.Event) -> None:
         """The epoch's numbers, batch by batch, into `out` (one producer: the order is fixed).
@@ -265,7 +281,7 @@ class NumberTask:
                 items = ready.get()
                 if isinstance(items, BaseException):
                     raise items
-                batch = collate(items, self.device)
+                batch = collate(items, self.device, self.stride)
                 if self.cfg.augment:
                     batch.x = vary(batch.x, self.gen, self.cfg.augment)
                 yield batch

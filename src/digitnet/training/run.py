@@ -21,10 +21,11 @@ from digitnet.data import Splits
 from digitnet.errors import ConfigError
 from digitnet.inference.batching import batched_logits
 from digitnet.inference.calibration import choose_unsure_threshold, fit_temperature
+from digitnet.inference.reader import Reader
 from digitnet.models import count_parameters, get_spec, network_kwargs
 from digitnet.training.config import TrainConfig
 from digitnet.training.loop import FitResult, fit, resolve_device, split_sizes, stratified_split
-from digitnet.training.numbers import calibrate_reader, test_numbers, validation_numbers
+from digitnet.training.numbers import calibrate_reader, reading_scores, test_numbers
 from digitnet.training.progress import Reporter
 
 NOT_DIGIT_SHARE = 0.002  # rejection models: validation digits called "not a digit" at the operating point
@@ -144,9 +145,10 @@ def train(
     metrics: dict[str, Any] = {}
     if main:
         if get_spec(cfg.model).task == "numbers":
-            val_numbers = validation_numbers(data.x_train[va], data.y_train[va], torch.device("cpu"))
-            calibration = Calibration(*calibrate_reader(result.model, val_numbers))
-            test = test_numbers(result.model, data.x_test, data.y_test)
+            reader = Reader.from_module(result.model)
+            scored = reading_scores(reader, data.x_train[va], data.y_train[va])
+            calibration = Calibration(*calibrate_reader(scored))
+            test = test_numbers(reader, data.x_test, data.y_test)
         else:
             calibration = calibrate(
                 result.model, data.x_train[va], data.y_train[va], rejects=cfg.outlier_exposure > 0

@@ -17,7 +17,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from digitnet.inference.reader import READ_MAX_SIDE, NumberReading, Reader
+from digitnet.inference.lines import READ_MAX_SIDE
+from digitnet.inference.reader import NumberReading, Reader
 from digitnet.serve.decoding import decode_upload
 from digitnet.serve.inputs import Item
 from digitnet.serve.routers.predict import ERRORS, body_doc, read_items

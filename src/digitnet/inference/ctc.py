@@ -1,0 +1,70 @@
+"""CTC decoding of a reader's per-frame logits: pure NumPy, shared by training and inference.
+
+The reader's 12 classes per frame: the CTC blank (0), digits 0-9 (1-10) and "not a digit" (11);
+label k is class k + 1. `best_path` reads the labels and each label's frames, `string_log_prob`
+is the probability of a whole string (every alignment: the CTC forward pass), and `calibrated`
+does both for one line with the reader's temperature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLANK = 0  # CTC blank; label k (0-9 digits, 10 = not a digit) is class k + 1
+
+
+def calibrated(
+    logits: np.ndarray, temperature: float
+) -> tuple[list[int], list[tuple[int, int]], np.ndarray, float]:
+    """(labels, frame spans, log-probs (T, 12), log p(labels)) for one line's logits (12, T)."""
+    lp = log_softmax(logits.T.astype(np.float64) / temperature, axis=1)  # (T, 12)
+    labels, spans = best_path(lp)
+    return labels, spans, lp, string_log_prob(lp, labels)
+
+
+def best_path(log_probs: np.ndarray) -> tuple[list[int], list[tuple[int, int]]]:
+    """Greedy CTC decoding of (T, C) log-probabilities → labels (class - 1) and each label's frame
+    span [first, last] (consecutive frames of the same class are one label; blanks separate)."""
+    best = log_probs.argmax(axis=1)
+    labels: list[int] = []
+    spans: list[tuple[int, int]] = []
+    prev = BLANK
+    for t, c in enumerate(best):
+        c = int(c)
+        if c != BLANK and c == prev:
+            spans[-1] = (spans[-1][0], t)
+        elif c != BLANK:
+            labels.append(c - 1)
+            spans.append((t, t))
+        prev = c
+    return labels, spans
+
+
+def string_log_prob(log_probs: np.ndarray, labels: list[int]) -> float:
+    """log p(labels | x) under CTC: the forward algorithm over (T, C) log-probabilities, summing
+    every alignment of the label sequence (label k is class k + 1)."""
+    ext = [BLANK]
+    for k in labels:
+        ext += [k + 1, BLANK]  # blank, l1, blank, l2, …, blank
+    s = len(ext)
+    t_max = log_probs.shape[0]
+    alpha = np.full(s, -np.inf)
+    alpha[0] = log_probs[0, BLANK]
+    if s > 1:
+        alpha[1] = log_probs[0, ext[1]]
+    ext_arr = np.asarray(ext)
+    skip = np.zeros(s, bool)  # a transition may skip the blank between two different labels
+    skip[2:] = (ext_arr[2:] != BLANK) & (ext_arr[2:] != ext_arr[:-2])
+    for t in range(1, t_max):
+        prev = alpha
+        stay = prev
+        step = np.concatenate([[-np.inf], prev[:-1]])
+        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], prev[:-2]]), -np.inf)
+        alpha = np.logaddexp(np.logaddexp(stay, step), jump) + log_probs[t, ext_arr]
+    end = alpha[-1] if s == 1 else np.logaddexp(alpha[-1], alpha[-2])
+    return float(end)
+
+
+def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = logits - logits.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))

@@ -1,0 +1,138 @@
+"""The reader's network and how it runs: two frames per 4 strip columns (`upsample`), a stride-4
+reader growing into a stride-2 one for fine-tuning, and the ONNX backend (export, parity with
+torch, and the same trust rules as a digit model's export)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from digitnet.checkpoint import PRETRAINED_DIR, file_sha256, load_checkpoint, save_checkpoint
+from digitnet.errors import ConfigError, DigitnetWarning, ModelError
+from digitnet.inference.export import export_onnx, read_metadata, verify_onnx
+from digitnet.inference.predictor import Predictor
+from digitnet.inference.reader import Reader
+from digitnet.models import network_kwargs
+from digitnet.networks import NumberReader
+from digitnet.training.config import TrainConfig
+from digitnet.training.loop import start_from
+
+SMALL = {"channels": [8, 8, 16], "hidden": 16, "dilations": [1, 2], "depth": 1}
+
+
+def reader_run(folder, *, upsample: int = 2, seed: int = 0):
+    """A small reader with random weights (and BatchNorm statistics from random strips), saved."""
+    kwargs = network_kwargs("reader", {**SMALL, "upsample": upsample})
+    torch.manual_seed(seed)
+    net = NumberReader(**kwargs).train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(4, 1, 32, 96))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        folder / "model.pt",
+        net.eval(),
+        model_name="reader",
+        model_kwargs=kwargs,
+        temperature=0.9,
+        unsure_threshold=0.6,
+    )
+    return folder
+
+
+def test_upsample_gives_two_frames_per_four_columns():
+    x = torch.rand(2, 1, 32, 64)
+    with torch.no_grad():
+        assert NumberReader(**SMALL).eval()(x).shape == (2, 12, 16)
+        assert NumberReader(**SMALL, upsample=2).eval()(x).shape == (2, 12, 32)
+    assert NumberReader(**SMALL, upsample=2).stride == 2 and NumberReader(**SMALL).stride == 4
+    with pytest.raises(ConfigError, match="upsample"):
+        NumberReader(upsample=3)
+
+
+def test_a_stride_4_reader_starts_a_stride_2_run_reading_exactly_as_before(tmp_path):
+    """`--set init=` from a stride-4 reader: its weights load, the new layer starts as a copy of each
+    frame, so the grown network reads every strip as the old one did; anything else is refused."""
+    old_run = reader_run(tmp_path / "old", upsample=1)
+    cfg = TrainConfig.for_model("reader", init=str(old_run), model_kwargs={**SMALL, "upsample": 2})
+    torch.manual_seed(1)  # a different start everywhere else: only the loaded weights agree
+    grown = NumberReader(**network_kwargs("reader", cfg.model_kwargs))
+    start_from(grown, cfg)
+    old = load_checkpoint(old_run).model
+    x = torch.rand(3, 1, 32, 80)
+    with torch.no_grad():
+        before, after = old(x), grown.eval()(x)
+    torch.testing.assert_close(after[..., 0::2], before)
+    torch.testing.assert_close(after[..., 1::2], before)
+
+    new_run = reader_run(tmp_path / "new", upsample=2)
+    shrink = TrainConfig.for_model("reader", init=str(new_run), model_kwargs={**SMALL, "upsample": 1})
+    with pytest.raises(ConfigError, match="no place in the run's network"):
+        start_from(NumberReader(**network_kwargs("reader", shrink.model_kwargs)), shrink)
+    wider = TrainConfig.for_model("reader", init=str(old_run), model_kwargs={**SMALL, "hidden": 32})
+    with pytest.raises(ConfigError, match="cannot start"):
+        start_from(NumberReader(**network_kwargs("reader", wider.model_kwargs)), wider)
+
+
+def test_a_reader_checkpoint_from_before_upsample_reads_at_stride_4(tmp_path):
+    """Readers saved before `upsample` existed stored none: they load as they were trained."""
+    kwargs = {k: v for k, v in network_kwargs("reader", SMALL).items() if k != "upsample"}
+    assert network_kwargs("reader")["upsample"] == 2  # the registry's reader today
+    torch.manual_seed(0)
+    net = NumberReader(**kwargs).eval()
+    save_checkpoint(tmp_path / "model.pt", net, model_name="reader", model_kwargs=kwargs)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.model_kwargs["upsample"] == 1
+    assert Reader.load(tmp_path, backend="torch").stride == 4
+
+
+@pytest.fixture(scope="module")
+def exported_reader(tmp_path_factory):
+    run = reader_run(tmp_path_factory.mktemp("reader"))
+    return run, export_onnx(run)
+
+
+def test_a_reader_exports_to_onnx_and_reads_with_it_by_default(exported_reader):
+    run, path = exported_reader
+    assert path == run / "model.onnx" and verify_onnx(path)[1] is None
+    meta = read_metadata(path.read_bytes())
+    assert meta["model"] == "reader" and meta["stride"] == 2 and meta["temperature"] == 0.9
+    fast, plain = Reader.load(run), Reader.load(run, backend="torch")
+    assert (fast.backend, plain.backend) == ("onnx", "torch")
+    assert (fast.stride, fast.version, fast.unsure_threshold) == (2, plain.version, 0.6)
+    rng = np.random.default_rng(0)
+    for width in (16, 100, 2048):  # any whole number of frames, up to the widest strip
+        strip = rng.random((32, width), dtype=np.float32)
+        np.testing.assert_allclose(fast.line_logits(strip), plain.line_logits(strip), atol=1e-4)
+
+
+def test_a_tampered_reader_export_is_never_run(exported_reader, tmp_path):
+    run, path = exported_reader
+    bad = reader_run(tmp_path / "bad")
+    (bad / "model.onnx").write_bytes(path.read_bytes()[:-16] + b"\0" * 16)
+    (bad / "model.onnx.sha256").write_bytes((run / "model.onnx.sha256").read_bytes())
+    with pytest.warns(DigitnetWarning, match="SHA-256"):
+        assert Reader.load(bad).backend == "torch"
+    with pytest.raises(ModelError, match="SHA-256"):
+        Reader.load(bad, backend="onnx")
+
+
+def test_a_reader_is_no_digit_model_and_a_digit_model_no_reader(exported_reader):
+    run, _ = exported_reader
+    for backend in ("torch", "onnx"):
+        with pytest.raises(ModelError, match="reads whole numbers"):
+            Predictor.load(run, backend=backend)
+        with pytest.raises(ModelError, match="reads one digit"):
+            Reader.load(PRETRAINED_DIR / "model.pt", backend=backend)
+    with pytest.raises(ModelError, match="reads one digit"):
+        Reader.load(PRETRAINED_DIR / "model.onnx")
+
+
+def test_the_bundled_reader_runs_on_its_verified_export():
+    data, problem = verify_onnx(PRETRAINED_DIR / "reader.onnx")
+    assert problem is None, problem
+    assert read_metadata(data)["checkpoint_sha256"] == file_sha256(PRETRAINED_DIR / "reader.pt")
+    fast, plain = Reader.load("default"), Reader.load("default", backend="torch")
+    assert fast.backend == "onnx" and plain.backend == "torch"
+    assert (fast.version, fast.stride, fast.temperature) == (plain.version, plain.stride, plain.temperature)
