@@ -7,16 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from digitnet.checkpoint import PRETRAINED_DIR, file_sha256, load_checkpoint, save_checkpoint
 from digitnet.errors import ConfigError, DigitnetWarning, ModelError
+from digitnet.inference.ctc import calibrated
 from digitnet.inference.export import export_onnx, read_metadata, verify_onnx
 from digitnet.inference.predictor import Predictor
 from digitnet.inference.reader import Reader
 from digitnet.models import network_kwargs
 from digitnet.networks import NumberReader
+from digitnet.serve import create_app
 from digitnet.training.config import TrainConfig
 from digitnet.training.loop import start_from
+from digitnet.training.numbers import calibrate_reader, collate, reading_scores
 
 SMALL = {"channels": [8, 8, 16], "hidden": 16, "dilations": [1, 2], "depth": 1}
 
@@ -136,3 +140,40 @@ def test_the_bundled_reader_runs_on_its_verified_export():
     fast, plain = Reader.load("default"), Reader.load("default", backend="torch")
     assert fast.backend == "onnx" and plain.backend == "torch"
     assert (fast.version, fast.stride, fast.temperature) == (plain.version, plain.stride, plain.temperature)
+
+
+def test_a_batch_counts_frames_at_the_readers_stride():
+    """CTC runs over W / stride frames: a stride-2 reader's batch says twice as many as stride 4."""
+    items = [(np.zeros((32, 40), np.float32), [1, 2]), (np.zeros((32, 24), np.float32), [3])]
+    targets, frames, lengths, _ = collate(items, torch.device("cpu"), 2).target
+    assert frames.tolist() == [20, 12] and lengths.tolist() == [2, 1] and targets.tolist() == [2, 3, 4]
+    assert collate(items, torch.device("cpu"), 4).target[1].tolist() == [10, 6]
+    with torch.no_grad():  # the network's frames are the batch's
+        assert (
+            NumberReader(**SMALL, upsample=2).eval()(collate(items, torch.device("cpu"), 2).x).shape[-1] == 20
+        )
+
+
+def test_the_reader_is_calibrated_on_photos_read_the_whole_way(mnist):
+    """`reading_scores` reads photos through `find_line` as a user's photo is read; the threshold
+    `calibrate_reader` picks leaves the answers not flagged unsure at least 99 % right there."""
+    reader = Reader.load("default")
+    scored = reading_scores(reader, mnist.x_train[:3000], mnist.y_train[:3000], n=90)
+    assert len(scored) >= 85 and all(logits.shape[0] == 12 for logits, _ in scored)
+    temperature, threshold = calibrate_reader(scored)
+    assert 0.25 < temperature < 4 and 0.5 <= threshold <= 1
+    kept = [
+        (c, labels == truth)
+        for (logits, truth) in scored
+        for labels, _, _, c in [calibrated(logits, temperature)]
+    ]
+    sure = [ok for log_p, ok in kept if np.exp(log_p) >= threshold]
+    assert sure and np.mean(sure) >= 0.99
+
+
+def test_the_service_reads_on_the_backend_it_was_given():
+    """`serve --backend` applies to the reader as to the predictor (and so does `--threads`)."""
+    for backend, expected in (("auto", "onnx"), ("torch", "torch")):
+        with TestClient(create_app(backend=backend, threads=1)) as client:
+            reader = client.app.state.reader
+            assert (reader.backend, client.app.state.predictor.backend) == (expected, expected)

@@ -269,7 +269,7 @@ def test_checkpoint_keeps_the_registry_network_it_was_trained_with(toy, tmp_path
 def test_a_reader_checkpoint_from_before_depth_loads_as_it_was_trained(tmp_path):
     """The first bundled readers had one convolution per block and stored no `depth`; the registry
     now builds two. Such a checkpoint must load with one, not fail or change."""
-    old_kwargs = {k: v for k, v in network_kwargs("reader").items() if k != "depth"}
+    old_kwargs = {k: v for k, v in network_kwargs("reader").items() if k not in ("depth", "upsample")}
     assert network_kwargs("reader")["depth"] == 2
     torch.manual_seed(0)
     old = NumberReader(**old_kwargs).eval()  # the class default: depth 1
@@ -383,6 +383,18 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path):
         assert torch.equal(va, vb), k
     metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert metrics["epochs"] == 4 and metrics["precision"] == "fp32"
+
+
+def test_resuming_with_another_network_is_a_one_line_error(toy):
+    """A run interrupted under one registry default and resumed under another (a reader from
+    before `upsample`): a one-line ConfigError, not torch's page of mismatched keys."""
+    saved = []
+    cfg = tiny(epochs=2)
+    fit(cfg, toy.x_train[:256], toy.y_train[:256], checkpoint_fn=saved.append)
+    other = tiny(epochs=2, model_kwargs={"stem": 16, "blocks": [[8, True], [16, True]]})
+    with pytest.raises(ConfigError, match="network other than the one") as err:
+        fit(other, toy.x_train[:256], toy.y_train[:256], resume_state=saved[0])
+    assert "\n" not in str(err.value)
 
 
 def test_cli_bad_option_is_one_line_exit_2(tmp_path):

@@ -159,7 +159,8 @@ MODELS: dict[str, ModelSpec] = {
         "whole handwritten numbers: conv CTC over a text line, trained on composed MNIST",
         # An epoch is `epoch_size` freshly composed numbers (1-10 digits, every spacing); the
         # schedule and EMA are the digit models'.
-        # A reader checkpoint from before `depth` loads with one convolution per block (LATER_ARGS).
+        # A reader checkpoint from before `depth` loads with one convolution per block, and one
+        # from before `upsample` with one frame per 4 columns (LATER_ARGS).
         kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8], depth=2, upsample=2),
         recipe=dict(
             epochs=30,
@@ -200,7 +201,8 @@ def network_kwargs(name: str, overrides: dict[str, Any] | None = None) -> dict[s
 
 # Constructor arguments added after checkpoints without them had shipped, and what those
 # checkpoints meant, by model ("*": any): one view before test-time augmentation (session 4; they
-# were calibrated for it), one convolution per block before the reader's `depth`.
+# were calibrated for it), one convolution per block before the reader's `depth`, one output frame
+# per 4 strip columns before its `upsample`.
 LATER_ARGS: dict[str, dict[str, Any]] = {"*": {"tta": 0}, "reader": {"depth": 1, "upsample": 1}}
 
 # Constructor arguments that only add layers, by model: a checkpoint differing from a run in

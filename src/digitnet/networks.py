@@ -170,11 +170,19 @@ def single_view(model: nn.Module) -> Iterator[nn.Module]:
 
 READER_CLASSES = 12  # CTC blank (0), digits 0-9 (1-10), a mark that is not a digit (11)
 READER_STRIDE = 4  # strip columns per frame of the convolutions (the strip's width is a multiple)
+UPSAMPLES = (1, 2)  # output frames per convolution frame that a reader may have
+
+
+def frame_stride(upsample: int) -> int:
+    """Strip columns per output frame of a reader with `upsample` output frames per 4 columns."""
+    if upsample not in UPSAMPLES:
+        raise ConfigError(f"reader upsample must be 1 or 2 frames per 4 columns, got {upsample}")
+    return READER_STRIDE // upsample
 
 
 class NumberReader(nn.Module):
     """A handwritten number, end to end: a text-line strip (B, 1, 32, W) in [0, 1], light on dark
-    (`inference.reader.normalize_line`), → per-frame logits (B, 12, W/stride) for CTC.
+    (`inference.lines.normalize_line`), → per-frame logits (B, 12, W/stride) for CTC.
 
     Convolutions only: three pooled blocks of `depth` 3×3 convolutions take the strip to 8 × W/4
     and then pool its height to 4, a (4, 1) convolution collapses it, and 1-D convolutions along
@@ -186,7 +194,8 @@ class NumberReader(nn.Module):
     between two equal labels, and two narrow 1s side by side are only 1-2 frames of 4 columns
     apart ("1911" was read "191"). A transposed convolution turns each frame into two; it starts
     as plain duplication, so a stride-4 reader's weights load into it and read exactly as before
-    (`init_from`), and fine-tuning then learns what each half of a frame sees.
+    (`training.loop.start_from`, `--set init=`), and fine-tuning then learns what each half of a
+    frame sees.
     """
 
     input_size = (1, 32, 160)  # (C, H, W) of a typical input: what the precision probe times
@@ -203,9 +212,7 @@ class NumberReader(nn.Module):
         super().__init__()
         if depth < 1:
             raise ConfigError(f"reader depth must be at least 1 convolution per block, got {depth}")
-        if upsample not in (1, 2):
-            raise ConfigError(f"reader upsample must be 1 or 2 frames per 4 columns, got {upsample}")
-        self.stride = READER_STRIDE // upsample  # strip columns per output frame
+        self.stride = frame_stride(upsample)  # strip columns per output frame
         c1, c2, c3 = channels
 
         def block(c_in: int, c_out: int, pool: tuple[int, int]) -> list[nn.Module]:

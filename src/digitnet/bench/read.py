@@ -3,8 +3,9 @@
 It composes a seeded set of number photos from MNIST *test* digits (lengths 1–8 × spaced, tight
 and touching, `per_cell` of each; paper-like backgrounds, JPEG, blur, slight rotation:
 `data.synth.photo`), writes them to a temporary folder, reads every file with digitnet (decode →
-read, timed per photo) and, with `peer="tesseract"`, reads the same files with Tesseract 5
-(`--psm 7`, one text line, digits whitelist) in the same run. Reported: whole-number accuracy by
+read, timed per photo; with `baseline`, a second reader such as the previous bundled one takes
+turns with it) and, with `peer="tesseract"`, reads the same files with Tesseract 5 (`--psm 7`,
+one text line, digits whitelist) in the same run. Reported: whole-number accuracy by
 length and by spacing, the digit error rate (edit distance / digits), photos/s, p50/p99 ms per
 photo, and p50/p99 for the 6-digit photos alone.
 """
@@ -38,6 +39,7 @@ class ReadBenchConfig:
     max_length: int = 8
     seed: int = 7
     peer: str | None = None
+    baseline: str | None = None  # a second reader (a run folder or model file) on the same photos
     backend: str = "auto"
     threads: int | None = None
 
@@ -144,21 +146,41 @@ def unsure_shares(cases: list[dict[str, Any]], answers: list[str], unsure: list[
     }
 
 
+def read_all(readers: dict[str, Reader], cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each reader's figures on the benchmark's files, each photo timed from its file to the
+    number; the readers take turns photo by photo, in alternating order, so a slower moment of the
+    machine falls on all."""
+    for reader in readers.values():
+        reader.read(cases[0]["file"])  # warm-up: first-call allocations, not reading
+    answers: dict[str, list[str]] = {name: [] for name in readers}
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    unsure: dict[str, list[bool]] = {name: [] for name in readers}
+    names = list(readers)
+    for i, case in enumerate(cases):
+        for name in names if i % 2 == 0 else names[::-1]:  # neither always first (warm caches)
+            reader = readers[name]
+            t = time.perf_counter()
+            reading = reader.read(case["file"])  # decode → read, end to end
+            seconds[name].append(time.perf_counter() - t)
+            answers[name].append(reading.number)
+            unsure[name].append(reading.unsure)
+    return {
+        name: score(cases, answers[name], seconds[name])
+        | unsure_shares(cases, answers[name], unsure[name])
+        | {"version": reader.version, "backend": reader.backend, "source": reader.source}
+        for name, reader in readers.items()
+    }
+
+
 def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     """Build the photos, read them with digitnet (and the peer); returns the JSON-able figures."""
-    reader = Reader.load(cfg.model, backend=cfg.backend, threads=cfg.threads)
+    readers = {"digitnet": Reader.load(cfg.model, backend=cfg.backend, threads=cfg.threads)}
+    if cfg.baseline is not None:
+        readers["baseline"] = Reader.load(cfg.baseline, backend=cfg.backend, threads=cfg.threads)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="digitnet-bench-read-") as tmp:
         cases = make_photos(data, cfg, Path(tmp))
-        reader.read(cases[0]["file"])  # warm-up: first-call allocations, not reading
-        answers, seconds, unsure = [], [], []
-        for case in cases:
-            t = time.perf_counter()
-            reading = reader.read(case["file"])  # decode → read, end to end
-            seconds.append(time.perf_counter() - t)
-            answers.append(reading.number)
-            unsure.append(reading.unsure)
-        results["digitnet"] = score(cases, answers, seconds) | unsure_shares(cases, answers, unsure)
+        results.update(read_all(readers, cases))
         if cfg.peer == "tesseract":
             answers, seconds = [], []
             for case in cases:
@@ -172,7 +194,7 @@ def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     env = environment(cfg.threads)
     return {
         "config": asdict(cfg),
-        "reader": {"name": reader.name, "version": reader.version, "backend": reader.backend},
+        "reader": {"name": readers["digitnet"].name, "version": readers["digitnet"].version},
         "results": results,
         "environment": env,
         "data": getattr(data, "source", ""),

@@ -145,6 +145,10 @@ def bench_read(
         str | None, typer.Option("--peer", help="Also read the same files with: tesseract.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Which photos: same seed, same photos.")] = 7,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="A second reader (run folder or model file) on the same photos."),
+    ] = None,
     backend: Backend = "auto",
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for the model (default: the backend's).")
@@ -162,6 +166,7 @@ def bench_read(
         max_length=max_length,
         seed=seed,
         peer=peer,
+        baseline=baseline,
         backend=backend,
         threads=threads,
     )

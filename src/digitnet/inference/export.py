@@ -37,7 +37,7 @@ from digitnet.errors import ModelError
 from digitnet.inference.folding import fold_for_inference
 from digitnet.inference.lines import MAX_STRIP_W, STRIP_H
 from digitnet.models import get_spec
-from digitnet.networks import READER_STRIDE, views_per_image
+from digitnet.networks import READER_STRIDE, UPSAMPLES, frame_stride, views_per_image
 from digitnet.utils import atomic_write_bytes, first_line
 
 OPSET = 18
@@ -114,7 +114,8 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
 
 
 def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
-    """digitnet's metadata from serialized ONNX: model, version, temperature, unsure_threshold, views."""
+    """digitnet's metadata from serialized ONNX: model, version, temperature, unsure_threshold,
+    not_digit_threshold, views, stride (a reader's strip columns per frame), checkpoint_sha256."""
     try:
         proto = onnx_module().load_model_from_string(data)
     except Exception:
@@ -129,6 +130,11 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
         views = int(props.get("digitnet.views", "1"))
     except ValueError:
         views = 0
+    strides = {str(frame_stride(u)): frame_stride(u) for u in UPSAMPLES}
+    given = props.get("digitnet.stride", str(READER_STRIDE))
+    stride = strides.get(given, 0)
+    if not stride:
+        raise ModelError(f"{source}: digitnet.stride must be one of {', '.join(strides)}, got {given!r}")
     if not 1 <= views <= MAX_VIEWS:
         raise ModelError(
             f"{source}: digitnet.views must be 1 to {MAX_VIEWS}, got {props.get('digitnet.views')!r}"
@@ -141,7 +147,7 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
             "unsure_threshold": float(props["digitnet.unsure_threshold"]),
             "not_digit_threshold": float(props.get("digitnet.not_digit_threshold", "0.0")),
             "views": views,
-            "stride": int(props.get("digitnet.stride", str(READER_STRIDE))),
+            "stride": stride,
             "checkpoint_sha256": props.get("digitnet.checkpoint_sha256"),
         }
     except (KeyError, ValueError):

@@ -36,9 +36,11 @@ from digitnet.utils import first_line
 BACKENDS = ("auto", "torch", "onnx")
 READER = "reader"  # the registry's model that reads numbers, not one digit
 READS_NUMBERS = "a 'reader' model reads whole numbers, not one digit: use `digitnet read`"
+ONE_DIGIT = "a {name!r} model reads one digit, not numbers: give a `reader` run (`train --model reader`)"
 CHUNK = 4096  # images per model call: bounds memory for huge inputs
 
 RunLogits = Callable[[np.ndarray], np.ndarray]  # float32 (N, 1, 28, 28) in [0, 1] → logits (N, 10)
+# (a reader: (N, 1, 32, W) → (N, 12, W / stride))
 
 
 STATUSES = ("digit", "unsure", "not_a_digit", "empty")
@@ -158,8 +160,7 @@ class Predictor:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
         loaded = load_checkpoint(model)
-        if loaded.name == READER:
-            raise ModelError(f"{loaded.path}: {READS_NUMBERS}")
+        check_kind(loaded.name, str(loaded.path), reads_numbers=False)
         return cls(
             run_logits=torch_logits(fast_module(loaded.model.eval())),
             name=loaded.name,
@@ -176,16 +177,7 @@ class Predictor:
     def _load_onnx(
         cls, model: str | Path, onnx_file: Path | None, verified: bytes, threads: int | None
     ) -> Predictor:
-        data, source = export_to_run(model, onnx_file, verified)
-        meta = read_metadata(data, source)
-        if meta["model"] == READER:
-            raise ModelError(f"{source}: {READS_NUMBERS}")
-        session = onnx_session(data, source, threads)
-        input_name = session.get_inputs()[0].name
-
-        def run_logits(x: np.ndarray) -> np.ndarray:
-            return np.asarray(session.run(None, {input_name: x})[0])
-
+        run_logits, meta, source = onnx_runner(model, onnx_file, verified, threads, reads_numbers=False)
         return cls(
             run_logits=run_logits,
             name=meta["model"],
@@ -314,13 +306,33 @@ def choose_backend(model: str | Path, backend: str) -> tuple[str, Path | None, b
     return backend, onnx_file, data
 
 
-def export_to_run(model: str | Path, onnx_file: Path | None, verified: bytes) -> tuple[bytes, str]:
-    """(ONNX bytes, their source) for the onnx backend: the trusted file `choose_backend` found,
-    or, with none beside the checkpoint, an export made in memory (a few seconds, once)."""
+def check_kind(name: str, source: str, *, reads_numbers: bool) -> None:
+    """A `reader` reads whole numbers, every other model one digit: refuse the other kind."""
+    if (name == READER) != reads_numbers:
+        raise ModelError(f"{source}: " + (ONE_DIGIT.format(name=name) if reads_numbers else READS_NUMBERS))
+
+
+def onnx_runner(
+    model: str | Path, onnx_file: Path | None, verified: bytes, threads: int | None, *, reads_numbers: bool
+) -> tuple[RunLogits, dict[str, Any], str]:
+    """The onnx backend `choose_backend` chose: (run_logits, the export's metadata, its source). It
+    runs the trusted file found beside the checkpoint or, with none there, an export made in memory
+    (a few seconds, once); the model must be of the kind asked for, checked before any export."""
     if onnx_file is not None:
-        return verified, str(onnx_file)
-    loaded = load_checkpoint(model)
-    return onnx_bytes(loaded), str(loaded.path)
+        data, source = verified, str(onnx_file)
+    else:
+        loaded = load_checkpoint(model)
+        check_kind(loaded.name, str(loaded.path), reads_numbers=reads_numbers)
+        data, source = onnx_bytes(loaded), str(loaded.path)
+    meta = read_metadata(data, source)
+    check_kind(meta["model"], source, reads_numbers=reads_numbers)
+    session = onnx_session(data, source, threads)
+    input_name = session.get_inputs()[0].name
+
+    def run_logits(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {input_name: x})[0])
+
+    return run_logits, meta, source
 
 
 def _onnx_beside(model: str | Path) -> tuple[Path | None, bytes, str | None]:

@@ -1,17 +1,19 @@
 """Reading a whole handwritten number: image → digit string, with a box and a confidence per digit.
 
 One path, for every door (CLI `read`, `digitnet.read_number`, `DigitClassifier.read_number`, `POST
-/v1/read`, the page): the same decoding and limits as single digits (`preprocess`), the ink found
-the same way (`find_ink`, after `lines.even_light` has taken a gradient of light off the paper),
-grown along faint strokes (`lines.whole_strokes`), cleaned of what is not writing
-(`lines.clean_ink`: specks, dots, ruled lines, underlines), normalised to a 32-px strip
-(`lines.normalize_line`), read by the `reader` network (CTC over the line, `networks.NumberReader`)
-and decoded best-path. Glyphs the reader calls "not a digit" (a letter, a currency sign, a dash) are
-reported as marks, never as digits. Boxes are in the input image's pixel coordinates.
+/v1/read`, the page): `lines.find_line` decodes the image with the same limits as single digits,
+finds its ink the same way (after `lines.even_light` has taken a gradient of light off the paper),
+grows it along faint strokes, cleans it of what is not writing (specks, dots, ruled lines,
+underlines) and normalises it to a 32-px strip; the `reader` network (`networks.NumberReader`,
+on ONNX Runtime when a trusted export sits beside the checkpoint, else torch) gives CTC logits
+over the line, decoded best-path (`ctc`); `segment` says which ink is which digit. Glyphs the
+reader calls "not a digit" (a letter, a currency sign, a dash) are reported as marks, never as
+digits. Boxes are in the input image's pixel coordinates.
 
 `confidence` is the calibrated probability that the whole string is right: the CTC probability of
-the decoded string (all its alignments) with the temperature fitted on validation numbers;
-`unsure` when it falls under the threshold chosen there.
+the decoded string (all its alignments) with the temperature fitted on photos of validation
+numbers read the whole way (`training.numbers.calibrate_reader`); `unsure` when it falls under
+the threshold chosen there.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ from digitnet.checkpoint import PRETRAINED_DIR, checkpoint_version, load_checkpo
 from digitnet.data.synth import OTHER
 from digitnet.errors import ConfigError, ModelError
 from digitnet.inference.ctc import calibrated
-from digitnet.inference.export import read_metadata
 from digitnet.inference.lines import Box, Line, find_line
-from digitnet.inference.predictor import choose_backend, export_to_run, onnx_session
+from digitnet.inference.predictor import check_kind, choose_backend, onnx_runner
 from digitnet.inference.preprocess import fit_field
 from digitnet.inference.segment import boxes
 from digitnet.networks import READER_STRIDE
@@ -141,16 +142,7 @@ class Reader:
         model = PRETRAINED_DIR / f"{DEFAULT_READER}.pt" if str(model) == "default" else model
         backend, onnx_file, verified = choose_backend(model, backend)
         if backend == "onnx":
-            data, source = export_to_run(model, onnx_file, verified)
-            meta = read_metadata(data, source)
-            if meta["model"] != "reader":
-                raise ModelError(f"{source}: {_ONE_DIGIT.format(name=meta['model'])}")
-            session = onnx_session(data, source, threads)
-            name = session.get_inputs()[0].name
-
-            def run_logits(x: np.ndarray) -> np.ndarray:
-                return np.asarray(session.run(None, {name: x})[0])
-
+            run_logits, meta, source = onnx_runner(model, onnx_file, verified, threads, reads_numbers=True)
             return cls(
                 run_logits=run_logits,
                 name=meta["model"],
@@ -164,8 +156,7 @@ class Reader:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
         loaded = load_checkpoint(model)
-        if loaded.name != "reader":
-            raise ModelError(f"{loaded.path}: {_ONE_DIGIT.format(name=loaded.name)}")
+        check_kind(loaded.name, str(loaded.path), reads_numbers=True)
         reader = cls.from_module(
             loaded.model,
             temperature=loaded.temperature,

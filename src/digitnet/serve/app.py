@@ -66,14 +66,16 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return build
 
 
-def _load_logged(model: str | Path, backend: str, threads: int | None) -> Predictor:
-    """`Predictor.load`, its warnings (an untrusted model.onnx, …) sent to the server log."""
+def _load_logged(
+    kind: type[Predictor] | type[Reader], model: str | Path, backend: str, threads: int | None
+) -> Any:
+    """`Predictor.load` or `Reader.load`, its warnings (an untrusted .onnx, …) sent to the server log."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DigitnetWarning)
-        predictor = Predictor.load(model, backend=backend, threads=threads)
+        loaded = kind.load(model, backend=backend, threads=threads)
     for w in caught:
         log.warning("%s", w.message)
-    return predictor
+    return loaded
 
 
 def create_app(
@@ -92,10 +94,10 @@ def create_app(
     """Build the service. `predictor` (a ready `Predictor`, or a test double) skips loading `model`;
     `reader` (a ready `Reader`) skips loading `reader_model` (the bundled reader by default).
 
-    `backend` is `Predictor.load`'s: "auto" runs ONNX Runtime when an up-to-date model.onnx sits
-    beside the checkpoint (about 3× faster than torch for one image), else torch. `threads` is the
-    intra-op thread count: 1 suits a server, where concurrency comes from requests running side by
-    side (and from `--workers`).
+    `backend` is `Predictor.load`'s and `Reader.load`'s: "auto" runs ONNX Runtime when an
+    up-to-date export sits beside the checkpoint (about 3× faster than torch for one image, 2× for
+    a line), else torch. `threads` is the intra-op thread count of both: 1 suits a server, where
+    concurrency comes from requests running side by side (and from `--workers`).
 
     `limits` sets every bound at once (queue, deadlines, memory budgets, batching: `Limits`); when
     given, it replaces `max_body_bytes`, `max_concurrency` and `retry_after_s`.
@@ -113,10 +115,12 @@ def create_app(
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, slots + 8)
         if app.state.predictor is None:
-            loaded = await anyio.to_thread.run_sync(_load_logged, model, backend, threads)
-            attach(app.state, loaded)
+            attach(
+                app.state, await anyio.to_thread.run_sync(_load_logged, Predictor, model, backend, threads)
+            )
         if app.state.reader is None:
-            attach_reader(app.state, await anyio.to_thread.run_sync(lambda: Reader.load(reader_model)))
+            loaded = await anyio.to_thread.run_sync(_load_logged, Reader, reader_model, backend, threads)
+            attach_reader(app.state, loaded)
         try:
             yield
         finally:

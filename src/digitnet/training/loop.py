@@ -301,7 +301,14 @@ def _start(
     # global random stream, and the student's initial weights must not depend on it.
     task = make_task(TaskSetup(cfg, x_train, y_train, x_val, y_val, device, gen, rank, world))
     if resume is not None:
-        model.load_state_dict(resume.model)
+        try:
+            model.load_state_dict(resume.model)
+        except RuntimeError:  # torch's message is a page of key names
+            raise ConfigError(
+                f"the interrupted run was saved by a {cfg.model!r} network other than the one this version "
+                "of digitnet builds for it (a registry default changed since); resume it with the version "
+                "that started it, or start it again"
+            ) from None
         opt.load_state_dict(resume.optimizer)
         if ema is not None:
             ema.load_state_dict(resume.ema)

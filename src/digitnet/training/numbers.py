@@ -31,7 +31,7 @@ from digitnet.inference.lines import clean_ink, find_line, normalize_line
 from digitnet.inference.preprocess import find_ink, work_gray
 from digitnet.inference.reader import Reader
 from digitnet.models import network_kwargs
-from digitnet.networks import READER_STRIDE
+from digitnet.networks import frame_stride
 from digitnet.training.config import TrainConfig
 from digitnet.training.task import Batch, TaskSetup
 
@@ -61,9 +61,10 @@ def _example(
     if as_photo:
         shot = photo(comp, rng, spacing)
         with Image.open(io.BytesIO(shot.data)) as img:
-            # Not the reading path's even_light/whole_strokes steps: the bundled reader's weights
-            # were trained (and calibrated) on strips made this way, and its documented recipe
-            # must keep giving the same strips to rebuild them bit for bit (MODEL_CARD).
+            # Not the reading path's even_light/whole_strokes steps (`lines.find_line`): the
+            # bundled reader's weights were trained on strips made this way, and its documented
+            # recipe must keep giving the same strips to rebuild them bit for bit (MODEL_CARD).
+            # Its calibration is fitted on photos read the whole way (`reading_scores`).
             ink = find_ink(work_gray(img.convert("L"), max_side=1280))
         if ink.blank:
             return None
@@ -110,7 +111,7 @@ def vary(x: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor
 
 def reader_stride(cfg: TrainConfig) -> int:
     """Strip columns per output frame of the reader `cfg` trains."""
-    return READER_STRIDE // int(network_kwargs(cfg.model, cfg.model_kwargs)["upsample"])
+    return frame_stride(int(network_kwargs(cfg.model, cfg.model_kwargs)["upsample"]))
 
 
 def _decoded(log_probs: np.ndarray, frames: int) -> list[int]:
@@ -167,28 +168,33 @@ def calibrate_reader(scored: list[Scored], target: float = 0.99) -> tuple[float,
     if not scored:
         return 1.0, 0.0
 
-    def confidences(t: float) -> tuple[np.ndarray, np.ndarray]:
-        conf, right = [], []
-        for logits, truth in scored:
-            labels, _, _, log_p = calibrated(logits, t)
-            conf.append(np.exp(log_p))
-            right.append(labels == truth)
-        return np.clip(np.asarray(conf), 1e-9, 1 - 1e-9), np.asarray(right, bool)
+    # The labels do not depend on the temperature (each frame's argmax stays), only their probability.
+    labels = [best_path(logits.T)[0] for logits, _ in scored]
+    right = np.asarray([lab == truth for lab, (_, truth) in zip(labels, scored, strict=True)], bool)
+
+    def confidences(t: float) -> np.ndarray:
+        log_p = [calibrated(logits, t)[3] for logits, _ in scored]
+        return np.clip(np.exp(np.asarray(log_p)), 1e-9, 1 - 1e-9)
 
     def nll(log_t: float) -> float:
-        c, r = confidences(math.exp(log_t))
-        return float(-np.mean(np.where(r, np.log(c), np.log1p(-c))))
+        c = confidences(math.exp(log_t))
+        return float(-np.mean(np.where(right, np.log(c), np.log1p(-c))))
 
     a, b = math.log(0.25), math.log(4.0)
     g = (math.sqrt(5) - 1) / 2
-    for _ in range(25):  # the bracket shrinks to ~1e-5 of its width
-        c1, c2 = b - g * (b - a), a + g * (b - a)
-        if nll(c1) < nll(c2):
-            b = c2
+    c1, c2 = b - g * (b - a), a + g * (b - a)
+    f1, f2 = nll(c1), nll(c2)
+    for _ in range(25):  # golden section: the bracket shrinks to ~1e-5 of its width, one new point a step
+        if f1 < f2:
+            b, c2, f2 = c2, c1, f1
+            c1 = b - g * (b - a)
+            f1 = nll(c1)
         else:
-            a = c1
+            a, c1, f1 = c1, c2, f2
+            c2 = a + g * (b - a)
+            f2 = nll(c2)
     temperature = math.exp((a + b) / 2)
-    conf, right = confidences(temperature)
+    conf = confidences(temperature)
     order = np.argsort(-conf, kind="stable")
     accurate = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
     ok = np.flatnonzero(accurate >= target)
