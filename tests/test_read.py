@@ -393,8 +393,16 @@ def test_unsure_shares_count_the_wrong_and_the_right_readings_apart():
     cases = [{"text": t} for t in ("12", "34", "56", "78", "90")]
     answers = ["12", "31", "56", "", "90"]  # two wrong
     shares = unsure_shares(cases, answers, [False, True, True, False, False])
-    assert shares == {"unsure_among_wrong": 0.5, "unsure_among_right": pytest.approx(1 / 3)}
-    assert unsure_shares(cases[:1], ["12"], [True]) == {"unsure_among_wrong": None, "unsure_among_right": 1.0}
+    assert shares == {
+        "unsure_among_wrong": 0.5,
+        "unsure_among_right": pytest.approx(1 / 3),
+        "right_among_sure": pytest.approx(2 / 3),  # "12" and "90" right, "" wrong
+    }
+    assert unsure_shares(cases[:1], ["12"], [True]) == {
+        "unsure_among_wrong": None,
+        "unsure_among_right": 1.0,
+        "right_among_sure": None,
+    }
 
 
 def test_bench_read_scores_digitnet_beside_tesseract(mnist_dir):

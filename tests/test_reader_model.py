@@ -1,6 +1,7 @@
 """The reader's network and how it runs: two frames per 4 strip columns (`upsample`), a stride-4
-reader growing into a stride-2 one for fine-tuning, and the ONNX backend (export, parity with
-torch, and the same trust rules as a digit model's export)."""
+reader growing into a stride-2 one for fine-tuning, the ONNX backend (export, parity with torch,
+and the same trust rules as a digit model's export), calibration on photos, and the digit
+classifier's second opinion on digits that stand apart."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import torch
 from fastapi.testclient import TestClient
 
 from digitnet.checkpoint import PRETRAINED_DIR, file_sha256, load_checkpoint, save_checkpoint
+from digitnet.data.synth import OTHER
 from digitnet.errors import ConfigError, DigitnetWarning, ModelError
 from digitnet.inference.ctc import calibrated
 from digitnet.inference.export import export_onnx, read_metadata, verify_onnx
 from digitnet.inference.predictor import Predictor
-from digitnet.inference.reader import Reader
-from digitnet.models import network_kwargs
+from digitnet.inference.reader import Reader, second_opinion
+from digitnet.inference.segment import label_masks
+from digitnet.models import LATER_ARGS, network_kwargs
 from digitnet.networks import NumberReader
 from digitnet.serve import create_app
 from digitnet.training.config import TrainConfig
@@ -82,7 +85,7 @@ def test_a_stride_4_reader_starts_a_stride_2_run_reading_exactly_as_before(tmp_p
 def test_a_reader_checkpoint_from_before_upsample_reads_at_stride_4(tmp_path):
     """Readers saved before `upsample` existed stored none: they load as they were trained."""
     kwargs = {k: v for k, v in network_kwargs("reader", SMALL).items() if k != "upsample"}
-    assert network_kwargs("reader")["upsample"] == 2  # the registry's reader today
+    assert LATER_ARGS["reader"]["upsample"] == 1  # whatever the registry's reader becomes
     torch.manual_seed(0)
     net = NumberReader(**kwargs).eval()
     save_checkpoint(tmp_path / "model.pt", net, model_name="reader", model_kwargs=kwargs)
@@ -177,3 +180,56 @@ def test_the_service_reads_on_the_backend_it_was_given():
         with TestClient(create_app(backend=backend, threads=1)) as client:
             reader = client.app.state.reader
             assert (reader.backend, client.app.state.predictor.backend) == (expected, expected)
+
+
+class Classifier:
+    """A digit model that always believes the same thing (`predict_proba` is all a reader asks)."""
+
+    def __init__(self, probs):
+        self.probs = np.asarray(probs, float)
+
+    def predict_proba(self, x):
+        assert x.shape[1:] == (28, 28)
+        return np.tile(self.probs, (len(x), 1))
+
+
+def frames(*beliefs) -> np.ndarray:
+    """Log-probabilities (T, 12) from one dict {class: p} per frame (the rest spread evenly)."""
+    out = []
+    for belief in beliefs:
+        p = np.full(12, (1 - sum(belief.values())) / (12 - len(belief)))
+        for k, v in belief.items():
+            p[k] = v
+        out.append(np.log(p))
+    return np.array(out)
+
+
+def test_the_classifier_decides_a_digit_the_reader_hesitates_over():
+    """The product of the two beliefs: a reader torn between 3 and 5 takes the classifier's 5; a
+    reader sure of its 3 keeps it against a classifier that only leans to 5; marks and digits
+    without a field are left alone."""
+    field = np.zeros((28, 28), np.float32)
+    leans_5 = Classifier([0.01] * 3 + [0.3] + [0.01] + [0.6] + [0.01] * 4)  # 3: 0.3, 5: 0.6
+    sure_5 = Classifier([0.01] * 5 + [0.91] + [0.01] * 4)
+    torn = frames({0: 0.9}, {4: 0.5, 6: 0.45}, {0: 0.9})  # class k + 1 is digit k
+    labels, conf = second_opinion(sure_5, [3], [(1, 1)], torn, [field], [0.5])
+    assert labels == [5] and conf[0] > 0.9
+    sure = frames({0: 0.9}, {4: 0.995}, {0: 0.9})
+    assert second_opinion(leans_5, [3], [(1, 1)], sure, [field], [0.99])[0] == [3]
+    both = np.concatenate([torn, torn])
+    labels, conf = second_opinion(
+        sure_5, [3, OTHER, 3], [(1, 1), (3, 3), (4, 4)], both, [None, field, field], [0.5] * 3
+    )
+    assert labels == [3, OTHER, 5] and conf[:2] == [0.5, 0.5]
+
+
+def test_only_digits_that_stand_apart_are_one_to_one():
+    strip = np.zeros((32, 64), np.float32)
+    strip[8:24, 6:12] = 1.0
+    strip[8:24, 20:26] = 1.0  # two pieces of ink, apart
+    assert label_masks(strip, 2)[1] and not label_masks(strip, 3)[1] and not label_masks(strip, 1)[1]
+    strip[14:16, 12:20] = 1.0  # now joined: one piece holds both labels
+    masks, one_to_one = label_masks(strip, 2)
+    assert not one_to_one and len(masks) == 2 and all(m.any() for m in masks)
+    assert Reader.load("default", classifier=None).classifier is None
+    assert Reader.load("default").classifier is not None

@@ -268,7 +268,10 @@ class DigitClassifier:
         cached = getattr(self, "_reader", None)  # (the network it was built from, the Reader)
         if cached is None or cached[0] is not self.model_:
             reader = Reader.from_module(
-                self.model_, temperature=self.temperature_, unsure_threshold=self.unsure_threshold_
+                self.model_,
+                temperature=self.temperature_,
+                unsure_threshold=self.unsure_threshold_,
+                classifier=_reader("default").classifier,  # the second opinion every door takes
             )
             self._reader = cached = (self.model_, reader)
         return cached[1].read(image)

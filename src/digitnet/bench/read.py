@@ -26,6 +26,7 @@ from digitnet.bench.common import environment, ms
 from digitnet.data import TestSplit
 from digitnet.data.synth import SPACINGS, number, photo
 from digitnet.errors import ConfigError
+from digitnet.inference.predictor import BACKENDS
 from digitnet.inference.reader import Reader
 
 PEERS = ("tesseract",)
@@ -40,7 +41,8 @@ class ReadBenchConfig:
     seed: int = 7
     peer: str | None = None
     baseline: str | None = None  # a second reader (a run folder or model file) on the same photos
-    backend: str = "auto"
+    backend: str = "auto"  # or "all": the reader on ONNX Runtime and on torch, side by side
+    classifier: str | None = "default"  # the digit model's second opinion (None: the reader alone)
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -48,6 +50,8 @@ class ReadBenchConfig:
             raise ConfigError(f"per_cell must be 1 to 10,000, got {self.per_cell}")
         if not 1 <= self.max_length <= 12:
             raise ConfigError(f"max_length must be 1 to 12, got {self.max_length}")
+        if self.backend not in (*BACKENDS, "all"):
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}, all")
         if self.peer is not None and self.peer not in PEERS:
             raise ConfigError(f"unknown peer {self.peer!r}; choose one of: {', '.join(PEERS)}")
         if self.peer == "tesseract" and shutil.which("tesseract") is None:
@@ -135,14 +139,17 @@ def score(cases: list[dict[str, Any]], answers: list[str], seconds: list[float])
 
 
 def unsure_shares(cases: list[dict[str, Any]], answers: list[str], unsure: list[bool]) -> dict[str, Any]:
-    """Does `unsure` point at the wrong readings? The share of wrong and of right answers flagged
-    (None where there are none). Tesseract gives no such flag."""
+    """Does `unsure` point at the wrong readings? The share of wrong and of right answers flagged,
+    and how many of the answers not flagged are right (None where there are none). Tesseract gives
+    no such flag."""
     wrong = [a != c["text"] for a, c in zip(answers, cases, strict=True)]
     flagged = list(zip(unsure, wrong, strict=True))
     among = {w: [u for u, is_wrong in flagged if is_wrong == w] for w in (True, False)}
+    sure = [not is_wrong for u, is_wrong in flagged if not u]
     return {
         "unsure_among_wrong": float(np.mean(among[True])) if among[True] else None,
         "unsure_among_right": float(np.mean(among[False])) if among[False] else None,
+        "right_among_sure": float(np.mean(sure)) if sure else None,
     }
 
 
@@ -167,16 +174,29 @@ def read_all(readers: dict[str, Reader], cases: list[dict[str, Any]]) -> dict[st
     return {
         name: score(cases, answers[name], seconds[name])
         | unsure_shares(cases, answers[name], unsure[name])
-        | {"version": reader.version, "backend": reader.backend, "source": reader.source}
+        | {
+            "version": reader.version,
+            "backend": reader.backend,
+            "source": reader.source,
+            "classifier": reader.classifier.version if reader.classifier else None,
+        }
         for name, reader in readers.items()
     }
 
 
 def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
     """Build the photos, read them with digitnet (and the peer); returns the JSON-able figures."""
-    readers = {"digitnet": Reader.load(cfg.model, backend=cfg.backend, threads=cfg.threads)}
+    backends = ("onnx", "torch") if cfg.backend == "all" else (cfg.backend,)
+    readers = {
+        "digitnet" if b == backends[0] else f"digitnet-{b}": Reader.load(
+            cfg.model, backend=b, threads=cfg.threads, classifier=cfg.classifier
+        )
+        for b in backends
+    }
     if cfg.baseline is not None:
-        readers["baseline"] = Reader.load(cfg.baseline, backend=cfg.backend, threads=cfg.threads)
+        readers["baseline"] = Reader.load(
+            cfg.baseline, backend=backends[0], threads=cfg.threads, classifier=cfg.classifier
+        )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="digitnet-bench-read-") as tmp:
         cases = make_photos(data, cfg, Path(tmp))

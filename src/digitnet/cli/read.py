@@ -31,6 +31,18 @@ ReaderModel = Annotated[
         "--model", "-m", help="A `reader` run folder or model.pt, or 'default' (the bundled reader)."
     ),
 ]
+SecondOpinion = Annotated[
+    str,
+    typer.Option(
+        "--classifier",
+        help="The digit model asked about digits that stand apart: 'default' (the bundled one), a run, "
+        "or 'none' (the reader alone).",
+    ),
+]
+
+
+def second_opinion(classifier: str) -> str | None:
+    return None if classifier == "none" else classifier
 
 
 def read_cmd(
@@ -46,6 +58,7 @@ def read_cmd(
         ),
     ] = None,
     backend: Backend = "auto",
+    classifier: SecondOpinion = "default",
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for the model (default: the backend's).")
     ] = None,
@@ -60,7 +73,7 @@ def read_cmd(
         err_console.print(f"error: {message}", markup=False)
     failed = len(errors)
     if files:
-        reader = Reader.load(model, backend=backend, threads=threads)
+        reader = Reader.load(model, backend=backend, threads=threads, classifier=second_opinion(classifier))
         names = _annotation_names(files)
         for f in files:
             try:
@@ -149,7 +162,10 @@ def bench_read(
         str | None,
         typer.Option("--baseline", help="A second reader (run folder or model file) on the same photos."),
     ] = None,
-    backend: Backend = "auto",
+    backend: Annotated[
+        str, typer.Option("--backend", help="torch | onnx | auto | all (onnx and torch side by side).")
+    ] = "auto",
+    classifier: SecondOpinion = "default",
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for the model (default: the backend's).")
     ] = None,
@@ -168,6 +184,7 @@ def bench_read(
         peer=peer,
         baseline=baseline,
         backend=backend,
+        classifier=second_opinion(classifier),
         threads=threads,
     )
     result = run_read_bench(cfg, load_data("mnist", data_dir, offline))
@@ -201,5 +218,9 @@ def bench_read(
             if r.get(key) is not None
         ]
         if shares:
-            console.print(f"  unsure: {', '.join(shares)}")
+            sure = r.get("right_among_sure")
+            console.print(
+                f"  unsure: {', '.join(shares)}"
+                + (f"; the others are {sure:.1%} right" if sure is not None else "")
+            )
     console.print(f"{result['environment']['cpu']} · torch {result['environment']['torch']}", markup=False)

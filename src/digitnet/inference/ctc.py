@@ -22,6 +22,15 @@ def calibrated(
     return labels, spans, lp, string_log_prob(lp, labels)
 
 
+def digit_posterior(log_probs: np.ndarray, span: tuple[int, int], label: int) -> np.ndarray:
+    """The reader's belief over the ten digits (10,) for one label: the digit classes' probabilities,
+    renormalised, at the frame of `span` where `label` is most probable."""
+    t0, t1 = span
+    t = t0 + int(np.argmax(log_probs[t0 : t1 + 1, label + 1]))
+    p = np.exp(log_probs[t, 1:11])
+    return p / p.sum()
+
+
 def best_path(log_probs: np.ndarray) -> tuple[list[int], list[tuple[int, int]]]:
     """Greedy CTC decoding of (T, C) log-probabilities → labels (class - 1) and each label's frame
     span [first, last] (consecutive frames of the same class are one label; blanks separate)."""

@@ -74,9 +74,23 @@ def whole_strokes(image: np.ndarray, mask: np.ndarray, low: float = WEAK_INK) ->
     line's ink badly when its strokes differ in weight (a thick 4 beside thin, blurred digits: the
     thin ones kept only fragments); faint ink that touches no sure ink stays out (specks, grain)."""
     weak = image > low
-    pieces, _n = ndimage.label(weak, structure=np.ones((3, 3), bool))
-    sure = np.unique(pieces[mask & weak])
-    return np.isin(pieces, sure[sure > 0]) | mask
+    box = _bbox(weak)
+    if box is None:
+        return mask
+    y0, y1, x0, x1 = box  # nothing above `low` lies outside: label the box alone
+    pieces, _n = ndimage.label(weak[y0:y1, x0:x1], structure=np.ones((3, 3), bool))
+    sure = np.unique(pieces[mask[y0:y1, x0:x1] & weak[y0:y1, x0:x1]])
+    out = mask.copy()
+    out[y0:y1, x0:x1] |= np.isin(pieces, sure[sure > 0])
+    return out
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1): the box of `mask`'s set pixels, or None when there are none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def long_runs(mask: np.ndarray, length: int) -> np.ndarray:
@@ -110,14 +124,23 @@ def _vertical_opening(mask: np.ndarray, length: int) -> np.ndarray:
 
 def clean_ink(mask: np.ndarray) -> np.ndarray:
     """`mask` (H, W) bool without specks and dots (components much smaller than the writing) and
-    without long thin horizontal strokes (ruled lines, underlines), also where they cross a digit."""
-    if not mask.any():
+    without long thin horizontal strokes (ruled lines, underlines), also where they cross a digit.
+    The work is done in the box of the ink (the page around it is empty: the same answer, in a
+    third of the time on a photo)."""
+    box = _bbox(mask)
+    if box is None:
         return mask
-    rows = np.flatnonzero(mask.any(axis=1))
+    y0, y1, x0, x1 = box
+    out = np.zeros_like(mask)
+    out[y0:y1, x0:x1] = _clean(mask[y0:y1, x0:x1], mask.shape)
+    return out
+
+
+def _clean(mask: np.ndarray, page: tuple[int, ...]) -> np.ndarray:
+    """`clean_ink` on the ink's box (h, w) of a page of shape `page` (H, W)."""
     # Ruled lines: a horizontal run longer than the text is tall, where the stroke is thin.
-    height = rows[-1] - rows[0] + 1
-    run = max(8, int(1.5 * height), mask.shape[1] // 3)
-    if mask.shape[1] > run:
+    run = max(8, int(1.5 * mask.shape[0]), page[1] // 3)
+    if mask.shape[1] >= run:
         long = long_runs(mask, run)
         if long.any():
             mask = mask & ~(long & ~_vertical_opening(mask, 5))  # keep where a digit's stroke crosses
@@ -133,7 +156,7 @@ def clean_ink(mask: np.ndarray) -> np.ndarray:
     wide = np.array([b[1].stop - b[1].start for b in boxes])
     area = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
     round_ = np.maximum(tall, wide) < 2 * np.minimum(tall, wide)
-    keep &= ~((sizes < 0.1 * min(mask.shape)) & round_ & (area > 0.5 * tall * wide))
+    keep &= ~((sizes < 0.1 * min(page)) & round_ & (area > 0.5 * tall * wide))
     return np.isin(labels, np.flatnonzero(keep) + 1)
 
 

@@ -28,20 +28,23 @@ def pieces(strip: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
     return components, [ks for _, _, ks in units]
 
 
-def label_masks(strip: np.ndarray, n_labels: int) -> list[np.ndarray]:
-    """Which ink of the strip belongs to which of `n_labels` labels (left to right), one bool mask
-    (32, W) each. The labels follow the ink's pieces in order: with one piece per label, each takes
-    its own; digits that touch make fewer pieces than labels, so a wide piece is cut into as many
-    digits as its width holds; a digit in several pieces makes more, so the narrowest pieces join
-    their nearest neighbour. (CTC's frames say *which* digits, not exactly *where*.)
+def label_masks(strip: np.ndarray, n_labels: int) -> tuple[list[np.ndarray], bool]:
+    """Which ink of the strip belongs to which of `n_labels` labels (left to right): one bool mask
+    (32, W) each, and whether pieces and labels matched one to one (each label a whole piece of
+    ink, none cut from a wider one or joined from several: the digits stand apart).
+
+    The labels follow the ink's pieces in order: with one piece per label, each takes its own;
+    digits that touch make fewer pieces than labels, so a wide piece is cut into as many digits as
+    its width holds; a digit in several pieces makes more, so the narrowest pieces join their
+    nearest neighbour. (CTC's frames say *which* digits, not exactly *where*.)
 
     Pieces are merged as column profiles (W,), each width kept up to date, and masks are built only
     for the pieces left: a page of hundreds of hairlines costs a few ms, not seconds."""
     if n_labels == 0:
-        return []
+        return [], False
     components, units = pieces(strip)
     if not units:
-        return [np.zeros(strip.shape, bool) for _ in range(n_labels)]
+        return [np.zeros(strip.shape, bool) for _ in range(n_labels)], False
     by_id = np.zeros(int(components.max()) + 1, np.int64)  # component id → its piece
     for u, ks in enumerate(units):
         by_id[ks] = u
@@ -73,15 +76,17 @@ def label_masks(strip: np.ndarray, n_labels: int) -> list[np.ndarray]:
             band = np.zeros(strip.shape[1], bool)
             band[round(edges[k]) : round(edges[k + 1])] = True
             masks.append(unit & band[None, :])
-    return masks
+    return masks, len(units) == n_labels
 
 
-def boxes(line: Line, spans: list[tuple[int, int]], stride: int) -> list[tuple[Box, np.ndarray]]:
-    """Each label's box in input pixels and its ink, cropped from the strip (what it looked like);
-    `spans` are the labels' frames, `stride` strip columns per frame."""
+def boxes(line: Line, spans: list[tuple[int, int]], stride: int) -> tuple[list[tuple[Box, np.ndarray]], bool]:
+    """Each label's box in input pixels and its ink, cropped from the strip (what it looked like),
+    and whether each label is one whole piece of ink (`label_masks`); `spans` are the labels'
+    frames, `stride` strip columns per frame."""
     strip = line.strip
+    masks, one_to_one = label_masks(strip, len(spans))
     out = []
-    for i, mask in enumerate(label_masks(strip, len(spans))):
+    for i, mask in enumerate(masks):
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         if rows.size == 0:  # a label with no ink of its own: the columns of its frames
             a, b = spans[i]
@@ -93,4 +98,4 @@ def boxes(line: Line, spans: list[tuple[int, int]], stride: int) -> list[tuple[B
         # (the mask is empty outside its box, so dilating the box alone gives the same pixels)
         own = ndimage.binary_dilation(mask[r0:r1, x0:x1], np.ones((3, 3), bool))
         out.append((line.box(x0, r0, x1, r1), strip[r0:r1, x0:x1] * own))
-    return out
+    return out, one_to_one
