@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,7 +17,6 @@ from PIL import Image, ImageDraw
 
 import digitnet
 from digitnet import DigitClassifier
-from digitnet.bench.read import unsure_shares
 from digitnet.checkpoint import PRETRAINED_DIR
 from digitnet.data.glyphs import HELD_OUT_FONTS, font_files, render
 from digitnet.data.synth import SPACINGS, compose, number, photo
@@ -253,6 +251,11 @@ def test_cli_read_json_table_annotate_and_errors(tmp_path, mnist):
     assert on_torch.returncode == 0 and json.loads(on_torch.stdout)[0]["number"] == num["number"]
     nope = cli("read", "--backend", "tpu", str(tmp_path / "num.png"))
     assert nope.returncode == 2 and nope.stderr.strip().startswith("error: unknown backend 'tpu'")
+    alone = cli("read", "--classifier", "none", "--json", str(tmp_path / "num.png"))  # the reader alone
+    assert alone.returncode == 0 and json.loads(alone.stdout)[0]["number"].isdigit()
+    wrong = cli("read", "--classifier", str(PRETRAINED_DIR / "reader.pt"), str(tmp_path / "num.png"))
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+    assert wrong.stderr.startswith("error: classifier: ") and "Traceback" not in wrong.stderr
     # two inputs that share a stem get an annotation each, not one overwriting the other
     (tmp_path / "b").mkdir()
     on_paper(comp.image).save(tmp_path / "b" / "num.png")
@@ -387,55 +390,3 @@ def test_rest_read_refuses_every_bad_request_as_predict_does(bad_image_files):
             assert 400 <= want.status_code < 500, (body[:40], want.text)
             assert got.status_code == want.status_code, (body[:40], got.text)
             assert got.json()["error"]["code"] == want.json()["error"]["code"], (body[:40], got.text)
-
-
-def test_unsure_shares_count_the_wrong_and_the_right_readings_apart():
-    cases = [{"text": t} for t in ("12", "34", "56", "78", "90")]
-    answers = ["12", "31", "56", "", "90"]  # two wrong
-    shares = unsure_shares(cases, answers, [False, True, True, False, False])
-    assert shares == {
-        "unsure_among_wrong": 0.5,
-        "unsure_among_right": pytest.approx(1 / 3),
-        "right_among_sure": pytest.approx(2 / 3),  # "12" and "90" right, "" wrong
-    }
-    assert unsure_shares(cases[:1], ["12"], [True]) == {
-        "unsure_among_wrong": None,
-        "unsure_among_right": 1.0,
-        "right_among_sure": None,
-    }
-
-
-def test_bench_read_scores_digitnet_beside_tesseract(mnist_dir):
-    """`digitnet bench read --peer tesseract` reads the same photos with both and scores each; a
-    small set (2 photos per length and spacing) so the test is quick, not a figure to quote."""
-    if shutil.which("tesseract") is None:
-        msg = "tesseract not on PATH (make system-deps installs Debian's tesseract-ocr)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    same = str(PRETRAINED_DIR / "reader.pt")  # as a baseline: the same reader, so the same answers
-    done = cli(
-        "bench",
-        "read",
-        "--per-cell",
-        "2",
-        "--max-length",
-        "4",
-        "--peer",
-        "tesseract",
-        "--baseline",
-        same,
-        "--json",
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    ours, peer, base = (result["results"][k] for k in ("digitnet", "tesseract", "baseline"))
-    assert ours["photos"] == peer["photos"] == base["photos"] == 2 * 4 * 3
-    assert base["accuracy_by_length"] == ours["accuracy_by_length"] and base["version"] == ours["version"]
-    assert ours["lengths"] == [1, 2, 3, 4] and set(ours["accuracy_by_spacing"]) == set(SPACINGS)
-    assert ours["accuracy"] >= 0.75 and ours["accuracy"] > peer["accuracy"], (ours, peer)
-    assert ours["digit_error_rate"] < peer["digit_error_rate"]
-    assert ours["six_digit_ms_p50"] is None and ours["ms_p50"] > 0 and peer["version"].startswith("tesseract")
-    assert set(ours) >= {"unsure_among_wrong", "unsure_among_right"} and "unsure_among_wrong" not in peer
-    bad = cli("bench", "read", "--peer", "abbyy")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -13,10 +13,11 @@ from fastapi.testclient import TestClient
 from digitnet.checkpoint import PRETRAINED_DIR, file_sha256, load_checkpoint, save_checkpoint
 from digitnet.data.synth import OTHER
 from digitnet.errors import ConfigError, DigitnetWarning, ModelError
-from digitnet.inference.ctc import calibrated
+from digitnet.inference.ctc import calibrated, string_log_prob
 from digitnet.inference.export import export_onnx, read_metadata, verify_onnx
+from digitnet.inference.lines import find_line
 from digitnet.inference.predictor import Predictor
-from digitnet.inference.reader import Reader, second_opinion
+from digitnet.inference.reader import ReadDigit, Reader, second_opinion
 from digitnet.inference.segment import label_masks
 from digitnet.models import LATER_ARGS, network_kwargs
 from digitnet.networks import NumberReader
@@ -180,6 +181,7 @@ def test_the_service_reads_on_the_backend_it_was_given():
         with TestClient(create_app(backend=backend, threads=1)) as client:
             reader = client.app.state.reader
             assert (reader.backend, client.app.state.predictor.backend) == (expected, expected)
+            assert reader.classifier.backend == expected
 
 
 class Classifier:
@@ -233,3 +235,67 @@ def test_only_digits_that_stand_apart_are_one_to_one():
     assert not one_to_one and len(masks) == 2 and all(m.any() for m in masks)
     assert Reader.load("default", classifier=None).classifier is None
     assert Reader.load("default").classifier is not None
+
+
+class Refuses:
+    def predict_proba(self, x):
+        raise AssertionError("the classifier was asked about digits that do not stand apart")
+
+
+def stub_reader(strip: np.ndarray, torn_at: list[int], classifier) -> Reader:
+    """A reader whose network is blank everywhere but at `torn_at` (strip columns), where it is torn
+    between 3 (0.5) and 5 (0.45)."""
+    logits = np.full((12, strip.shape[1] // 4), -4.0, np.float32)
+    logits[0] = 4.0
+    for c in torn_at:
+        logits[:, c // 4] = np.log(np.full(12, 0.05 / 10))
+        logits[4, c // 4], logits[6, c // 4] = np.log(0.5), np.log(0.45)
+    return Reader(
+        run_logits=lambda x: logits[None],
+        name="stub",
+        version="0",
+        temperature=1.0,
+        unsure_threshold=0.9,
+        backend="stub",
+        classifier=classifier,
+    )
+
+
+def two_digits(gap: int):
+    """A line of two bars `gap` columns apart (negative: joined into one piece)."""
+    page = np.full((80, 160), 255, np.uint8)
+    page[20:60, 40:48] = 0
+    page[20:60, 56 + gap : 64 + gap] = 0
+    if gap < 0:
+        page[38:42, 40:64] = 0
+    return find_line(page)
+
+
+def test_a_line_of_digits_apart_takes_the_classifiers_word_and_says_it_disagreed():
+    line = two_digits(gap=30)
+    inked = np.flatnonzero(line.strip.any(axis=0))
+    cols = [int(inked[0]) + 4, int(inked[-1]) - 4]  # over the first bar and over the second
+    reader = stub_reader(line.strip, cols, Classifier([0.01] * 5 + [0.91] + [0.01] * 4))
+    reading = reader.read_line(line)
+    assert reading.number == "55" and all(d.confidence > 0.9 for d in reading.digits)
+    lp = calibrated(reader.line_logits(line.strip), 1.0)[2]
+    assert reading.confidence == pytest.approx(np.exp(string_log_prob(lp, [5, 5])))
+    assert reading.unsure  # the reader itself never believed "55"
+    for d in reading.digits:  # the image the classifier saw is the one the page shows
+        fresh = ReadDigit(d.digit, d.confidence, d.box, d.ink)
+        assert np.array_equal(d.image, fresh.image) and d.image.shape == (28, 28)
+    assert stub_reader(line.strip, cols, None).read_line(line).number == "33"
+
+
+def test_digits_that_touch_are_left_to_the_reader():
+    line = two_digits(gap=-8)  # one piece of ink: two labels cannot each have their own
+    width = line.strip.shape[1]
+    cols = [int(width * 0.4), int(width * 0.6)]
+    assert stub_reader(line.strip, cols, Refuses()).read_line(line).number == "33"
+
+
+def test_the_classifier_runs_on_the_readers_backend_and_threads():
+    assert Reader.load("default", backend="torch", threads=1).classifier.backend == "torch"
+    assert Reader.load("default", classifier="none").classifier is None
+    with pytest.raises(ModelError, match=r"^classifier: .*reads whole numbers"):
+        Reader.load("default", classifier=PRETRAINED_DIR / "reader.pt")

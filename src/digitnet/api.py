@@ -48,6 +48,12 @@ def _reader(model: str) -> Reader:
     return Reader.load(model)
 
 
+@functools.lru_cache(maxsize=1)
+def _classifier() -> Predictor:
+    """The bundled digit model: the second opinion a reader takes (`Reader.load`'s default)."""
+    return Predictor.load("default")
+
+
 def read_number(image: Any, *, model: str | Path = "default") -> NumberReading:
     """Read the whole handwritten number in `image`: a file path, the file's bytes, a PIL image,
     or an (H, W) / (H, W, 3|4) array. Returns a `NumberReading`: `.number` ("4127"), `.confidence`
@@ -271,7 +277,7 @@ class DigitClassifier:
                 self.model_,
                 temperature=self.temperature_,
                 unsure_threshold=self.unsure_threshold_,
-                classifier=_reader("default").classifier,  # the second opinion every door takes
+                classifier=_classifier(),  # the second opinion every door takes
             )
             self._reader = cached = (self.model_, reader)
         return cached[1].read(image)

@@ -42,7 +42,7 @@ class ReadBenchConfig:
     peer: str | None = None
     baseline: str | None = None  # a second reader (a run folder or model file) on the same photos
     backend: str = "auto"  # or "all": the reader on ONNX Runtime and on torch, side by side
-    classifier: str | None = "default"  # the digit model's second opinion (None: the reader alone)
+    classifier: str | None = "default"  # the digit model's second opinion ("none": the reader alone)
     threads: int | None = None
 
     def __post_init__(self) -> None:

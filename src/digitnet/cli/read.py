@@ -41,10 +41,6 @@ SecondOpinion = Annotated[
 ]
 
 
-def second_opinion(classifier: str) -> str | None:
-    return None if classifier == "none" else classifier
-
-
 def read_cmd(
     paths: Annotated[
         list[str], typer.Argument(help="Image files, folders or globs (PNG, JPEG, GIF, BMP, WebP, TIFF).")
@@ -73,7 +69,7 @@ def read_cmd(
         err_console.print(f"error: {message}", markup=False)
     failed = len(errors)
     if files:
-        reader = Reader.load(model, backend=backend, threads=threads, classifier=second_opinion(classifier))
+        reader = Reader.load(model, backend=backend, threads=threads, classifier=classifier)
         names = _annotation_names(files)
         for f in files:
             try:
@@ -184,7 +180,7 @@ def bench_read(
         peer=peer,
         baseline=baseline,
         backend=backend,
-        classifier=second_opinion(classifier),
+        classifier=classifier,
         threads=threads,
     )
     result = run_read_bench(cfg, load_data("mnist", data_dir, offline))

@@ -66,10 +66,11 @@ def string_log_prob(log_probs: np.ndarray, labels: list[int]) -> float:
     skip[2:] = (ext_arr[2:] != BLANK) & (ext_arr[2:] != ext_arr[:-2])
     for t in range(1, t_max):
         prev = alpha
-        stay = prev
-        step = np.concatenate([[-np.inf], prev[:-1]])
-        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], prev[:-2]]), -np.inf)
-        alpha = np.logaddexp(np.logaddexp(stay, step), jump) + log_probs[t, ext_arr]
+        step = np.full(s, -np.inf)
+        step[1:] = prev[:-1]
+        jump = np.full(s, -np.inf)
+        jump[2:] = np.where(skip[2:], prev[:-2], -np.inf)  # (an empty string has no jump: s = 1)
+        alpha = np.logaddexp(np.logaddexp(prev, step), jump) + log_probs[t, ext_arr]
     end = alpha[-1] if s == 1 else np.logaddexp(alpha[-1], alpha[-2])
     return float(end)
 

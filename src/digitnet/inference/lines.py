@@ -140,7 +140,7 @@ def _clean(mask: np.ndarray, page: tuple[int, ...]) -> np.ndarray:
     """`clean_ink` on the ink's box (h, w) of a page of shape `page` (H, W)."""
     # Ruled lines: a horizontal run longer than the text is tall, where the stroke is thin.
     run = max(8, int(1.5 * mask.shape[0]), page[1] // 3)
-    if mask.shape[1] >= run:
+    if page[1] > run and mask.shape[1] >= run:  # (a run as long as the page is wide is no line)
         long = long_runs(mask, run)
         if long.any():
             mask = mask & ~(long & ~_vertical_opening(mask, 5))  # keep where a digit's stroke crosses

@@ -19,7 +19,6 @@ the threshold chosen there.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from torch import nn
 
 from digitnet.checkpoint import PRETRAINED_DIR, checkpoint_version, load_checkpoint
 from digitnet.data.synth import OTHER
-from digitnet.errors import ConfigError, ModelError
+from digitnet.errors import ConfigError, DigitnetError, ModelError
 from digitnet.inference.ctc import calibrated, digit_posterior, string_log_prob
 from digitnet.inference.lines import Box, Line, find_line
 from digitnet.inference.predictor import Predictor, check_kind, choose_backend, onnx_runner
@@ -47,16 +46,23 @@ DEFAULT_READER = "reader"  # pretrained/reader.pt (+ reader.onnx, its export): t
 @dataclass(frozen=True)
 class ReadDigit:
     digit: int
-    confidence: float  # the reader's probability of this digit (times the classifier's, where asked)
+    confidence: float  # the reader's probability of it; where the classifier was asked, the two
+    # beliefs multiplied and renormalised over the ten digits
     box: Box  # (x0, y0, x1, y1) in the input image's pixels
     ink: np.ndarray = field(repr=False, compare=False)  # its own ink, cropped from the reader's strip
 
-    @functools.cached_property
+    @property
     def image(self) -> np.ndarray:
         """(28, 28) float32: the digit in MNIST's field, as the classifier sees it; made on first use
-        (0.3 ms a digit that `read` and `bench read` never ask for)."""
-        fitted = _field(self.ink)
-        return np.zeros((28, 28), np.float32) if fitted is None else fitted
+        (0.3 ms a digit that `read` and `bench read` never ask for) and kept. Not a
+        `functools.cached_property`: before Python 3.12 its lock is one for all instances, and the
+        server's threads would wait on each other's digits."""
+        made = self.__dict__.get("_image")
+        if made is None:
+            fitted = _field(self.ink)
+            made = np.zeros((28, 28), np.float32) if fitted is None else fitted
+            self.__dict__["_image"] = made  # frozen: through __dict__, as a cached_property does
+        return made
 
     def to_dict(self) -> dict[str, Any]:
         return {"digit": self.digit, "confidence": round(self.confidence, 6), "box": list(self.box)}
@@ -70,6 +76,11 @@ class NumberReading:
     digits: list[ReadDigit]
     marks: list[Box]  # ink the reader saw as glyphs that are not digits
     strip: np.ndarray = field(repr=False)  # (32, W) float32: the line as the reader saw it
+
+    def images(self) -> list[np.ndarray]:
+        """The 28 × 28 image of each digit, made now if not yet (the server makes them in the
+        decoding thread, not on its event loop)."""
+        return [d.image for d in self.digits]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -151,17 +162,16 @@ class Reader:
         """`model`: "default" (the bundled reader), a `reader` run folder, its model.pt, or an .onnx
         export of one. `backend` as `Predictor.load`'s (`predictor.choose_backend`): "auto" runs
         ONNX Runtime when a trusted export of this very checkpoint sits beside it (the bundled
-        reader has one): half the time of torch for a line (BENCHMARKS.md). `classifier`: the
-        digit model whose second opinion `read_line` takes on digits that stand apart ("default":
-        the bundled one; None: the reader alone), loaded with the same backend and threads."""
+        reader has one): less time than torch for a line (BENCHMARKS.md). `classifier`: the digit
+        model whose second opinion `read_line` takes on digits that stand apart ("default": the
+        bundled one; "none" or None: the reader alone), loaded with the same backend and threads."""
         if threads is not None and threads < 1:
             raise ConfigError("threads must be >= 1")
-        second = None if classifier is None else Predictor.load(classifier, backend=backend, threads=threads)
         model = PRETRAINED_DIR / f"{DEFAULT_READER}.pt" if str(model) == "default" else model
-        backend, onnx_file, verified = choose_backend(model, backend)
-        if backend == "onnx":
+        chosen, onnx_file, verified = choose_backend(model, backend)
+        if chosen == "onnx":
             run_logits, meta, source = onnx_runner(model, onnx_file, verified, threads, reads_numbers=True)
-            return cls(
+            reader = cls(
                 run_logits=run_logits,
                 name=meta["model"],
                 version=meta["version"],
@@ -170,21 +180,25 @@ class Reader:
                 backend="onnx",
                 source=source,
                 stride=meta["stride"],
-                classifier=second,
             )
-        if threads is not None:
-            torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
-        loaded = load_checkpoint(model)
-        check_kind(loaded.name, str(loaded.path), reads_numbers=True)
-        reader = cls.from_module(
-            loaded.model,
-            temperature=loaded.temperature,
-            unsure_threshold=loaded.unsure_threshold,
-            name=loaded.name,
-            version=checkpoint_version(loaded),
-            classifier=second,
-        )
-        reader.source = str(loaded.path)
+        else:
+            if threads is not None:
+                torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
+            loaded = load_checkpoint(model)
+            check_kind(loaded.name, str(loaded.path), reads_numbers=True)
+            reader = cls.from_module(
+                loaded.model,
+                temperature=loaded.temperature,
+                unsure_threshold=loaded.unsure_threshold,
+                name=loaded.name,
+                version=checkpoint_version(loaded),
+            )
+            reader.source = str(loaded.path)
+        if classifier is not None and str(classifier) != "none":
+            try:
+                reader.classifier = Predictor.load(classifier, backend=backend, threads=threads)
+            except DigitnetError as exc:  # say which of the two models it is about
+                raise type(exc)(f"classifier: {exc}") from None
         return reader
 
     def read(self, img: Image.Image | np.ndarray | str | Path | bytes) -> NumberReading:
@@ -219,7 +233,7 @@ class Reader:
                 continue
             digit = ReadDigit(label, c, box, crop)
             if image is not None:  # already made for the classifier: `image` need not make it again
-                digit.__dict__["image"] = image  # (the cached_property's own slot)
+                digit.__dict__["_image"] = image
             digits.append(digit)
         confidence = float(np.exp(log_p))
         number = "".join(str(d.digit) for d in digits)

@@ -85,6 +85,9 @@ def boxes(line: Line, spans: list[tuple[int, int]], stride: int) -> tuple[list[t
     frames, `stride` strip columns per frame."""
     strip = line.strip
     masks, one_to_one = label_masks(strip, len(spans))
+    # As many pieces as labels is not enough: each label's frames must also lie over its own piece
+    # (a stray mark the reader ignored beside two touching digits also makes three pieces).
+    one_to_one = one_to_one and all(_over(m, span, stride) for m, span in zip(masks, spans, strict=True))
     out = []
     for i, mask in enumerate(masks):
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -99,3 +102,10 @@ def boxes(line: Line, spans: list[tuple[int, int]], stride: int) -> tuple[list[t
         own = ndimage.binary_dilation(mask[r0:r1, x0:x1], np.ones((3, 3), bool))
         out.append((line.box(x0, r0, x1, r1), strip[r0:r1, x0:x1] * own))
     return out, one_to_one
+
+
+def _over(mask: np.ndarray, span: tuple[int, int], stride: int) -> bool:
+    """Whether the strip columns of frames `span` lie over `mask`'s ink, give or take two frames."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    a, b = span[0] * stride, (span[1] + 1) * stride
+    return bool(cols.size) and a < cols[-1] + 1 + 2 * stride and b > cols[0] - 2 * stride

@@ -119,14 +119,22 @@ class ReadRequest(_OneImage):
 
 class ReadDigit(BaseModel):
     digit: int
-    confidence: float = Field(description="the reader's probability of this digit")
+    confidence: float = Field(
+        description="the reader's probability of this digit; for digits that stand apart, the reader's "
+        "and the digit classifier's beliefs multiplied and renormalised over the ten digits"
+    )
     box: list[int] = Field(description="[x0, y0, x1, y1] in the input image's pixels")
-    image: list[list[float]] = Field(description="this digit as the model saw it, 28×28, 0-1, light on dark")
+    image: list[list[float]] = Field(
+        description="this digit as the digit classifier sees it, 28×28, 0-1, light on dark"
+    )
 
 
 class ReadResponse(BaseModel):
     number: str = Field(description='the digits read, left to right; "" when the image holds none')
-    confidence: float = Field(description="calibrated probability that the whole number is right")
+    confidence: float = Field(
+        description="calibrated probability that the whole number is right (the reader's probability of "
+        "the string; where the classifier overruled the reader on a digit, low: the two disagreed)"
+    )
     unsure: bool = Field(description="confidence is below the reader's calibrated threshold")
     digits: list[ReadDigit]
     marks: list[list[int]] = Field(description="boxes of glyphs that are not digits (letters, signs, dashes)")

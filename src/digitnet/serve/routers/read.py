@@ -29,13 +29,20 @@ router = APIRouter(tags=["read"])
 
 
 async def read_item(reader: Reader, item: Item, state: ServeState) -> NumberReading:
-    """Decode (415/413/422/503 as for predictions) within the memory budget, then read."""
+    """Decode (415/413/422/503 as for predictions) within the memory budget, then read; the digits'
+    28 × 28 images are made in that thread too, not on the event loop."""
+
+    def read(img: Any) -> NumberReading:
+        reading = reader.read(img)
+        reading.images()
+        return reading
+
     if item.pixels is not None:  # JSON pixels: already an array, bounded by the body cap
-        return await run_in_threadpool(reader.read, item.pixels)
+        return await run_in_threadpool(read, item.pixels)
     limits = state.limits
     return await decode_upload(
         item.data or b"",
-        reader.read,
+        read,
         budget=state.decode_budget,
         deadline=time.monotonic() + limits.request_timeout_s,
         max_bytes=limits.max_body_bytes,

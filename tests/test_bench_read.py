@@ -1,0 +1,83 @@
+"""`digitnet bench read`: the scoring, and a small run beside Tesseract, a baseline reader and both
+backends (a test of the benchmark, not a figure to quote)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from digitnet.bench.read import unsure_shares
+from digitnet.checkpoint import PRETRAINED_DIR
+from digitnet.data.synth import SPACINGS
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_unsure_shares_count_the_wrong_and_the_right_readings_apart():
+    cases = [{"text": t} for t in ("12", "34", "56", "78", "90")]
+    answers = ["12", "31", "56", "", "90"]  # two wrong
+    shares = unsure_shares(cases, answers, [False, True, True, False, False])
+    assert shares == {
+        "unsure_among_wrong": 0.5,
+        "unsure_among_right": pytest.approx(1 / 3),
+        "right_among_sure": pytest.approx(2 / 3),  # "12" and "90" right, "" wrong
+    }
+    assert unsure_shares(cases[:1], ["12"], [True]) == {
+        "unsure_among_wrong": None,
+        "unsure_among_right": 1.0,
+        "right_among_sure": None,
+    }
+
+
+def test_bench_read_scores_digitnet_beside_tesseract(mnist_dir):
+    """`digitnet bench read --peer tesseract` reads the same photos with both and scores each; a
+    small set (2 photos per length and spacing) so the test is quick, not a figure to quote."""
+    if shutil.which("tesseract") is None:
+        msg = "tesseract not on PATH (make system-deps installs Debian's tesseract-ocr)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    same = str(PRETRAINED_DIR / "reader.pt")  # as a baseline: the same reader, so the same answers
+    done = cli(
+        "bench",
+        "read",
+        "--per-cell",
+        "2",
+        "--max-length",
+        "4",
+        "--peer",
+        "tesseract",
+        "--baseline",
+        same,
+        "--backend",
+        "all",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    ours, peer, base = (result["results"][k] for k in ("digitnet", "tesseract", "baseline"))
+    assert ours["photos"] == peer["photos"] == base["photos"] == 2 * 4 * 3
+    assert base["accuracy_by_length"] == ours["accuracy_by_length"] and base["version"] == ours["version"]
+    on_torch = result["results"]["digitnet-torch"]  # --backend all: the same reader on both
+    assert (ours["backend"], on_torch["backend"]) == ("onnx", "torch")
+    assert on_torch["accuracy_by_length"] == ours["accuracy_by_length"]
+    assert ours["lengths"] == [1, 2, 3, 4] and set(ours["accuracy_by_spacing"]) == set(SPACINGS)
+    assert ours["accuracy"] >= 0.75 and ours["accuracy"] > peer["accuracy"], (ours, peer)
+    assert ours["digit_error_rate"] < peer["digit_error_rate"]
+    assert ours["six_digit_ms_p50"] is None and ours["ms_p50"] > 0 and peer["version"].startswith("tesseract")
+    assert set(ours) >= {"unsure_among_wrong", "unsure_among_right"} and "unsure_among_wrong" not in peer
+    for bad in (cli("bench", "read", "--peer", "abbyy"), cli("bench", "read", "--backend", "tpu")):
+        assert (
+            bad.returncode == 2
+            and "Traceback" not in bad.stderr
+            and len(bad.stderr.strip().splitlines()) == 1
+        )
