@@ -319,9 +319,12 @@ class BatchRecorder(FakePredictor):
 
 
 def test_a_burst_is_queued_and_served_in_batches():
-    """40 concurrent requests against 4 slots and a model that takes 50 ms a call: all are answered
-    200 (queued, not refused), in far fewer model calls than requests."""
-    fake = BatchRecorder(delay=0.05)
+    """40 concurrent requests against 4 slots and a model that takes 100 ms a call: all are answered
+    200 (queued, not refused), in at most half as many model calls as requests. Four slots make at
+    most four rows a call; how they split depends on when each decode ends (a busy CI machine
+    settles into 3, 1, 3, 1, …: the three answered rejoin while the late one runs alone), so the
+    bound is that worst steady state, 20 calls; without batching there would be 40."""
+    fake = BatchRecorder(delay=0.1)
     app = create_app(predictor=fake, limits=Limits(max_concurrency=4, queue_timeout_s=10))
 
     async def main() -> list[int]:
@@ -331,7 +334,7 @@ def test_a_burst_is_queued_and_served_in_batches():
             return [r.status_code for r in rs]
 
     assert asyncio.run(main()) == [200] * 40
-    assert sum(fake.sizes) == 40 and len(fake.sizes) <= 15 and max(fake.sizes) >= 3, fake.sizes
+    assert sum(fake.sizes) == 40 and len(fake.sizes) <= 20 and max(fake.sizes) >= 3, fake.sizes
 
 
 def test_a_wait_past_the_queue_deadline_is_503_with_retry_after():
