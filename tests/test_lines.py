@@ -48,8 +48,8 @@ def test_whole_strokes_grows_sure_ink_along_faint_strokes_only():
 
 def test_find_line_keeps_a_faint_stroke_that_touches_the_writing():
     """A stroke drawn lighter than the rest (a 7's bar, a 9's loop: MNIST's writers do it) reaches
-    the reader; at a quarter of the dark stroke's contrast it was cut at the old 0.3 threshold and
-    the digit read as another. Grain alone, as faint, stays paper."""
+    the reader; at about a quarter of the dark stroke's contrast it was cut at the old 0.3
+    threshold and the digit read as another. Ink as faint that touches no writing stays out."""
     rng = np.random.default_rng(0)
     page = 220.0 + rng.normal(0.0, 2.0, (120, 160))  # paper with grain, dark ink on it
     page[20:100, 40:48] = 40.0  # a dark stroke
