@@ -88,6 +88,23 @@ def test_a_dark_edge_across_the_photo(mnist, reader):
     assert right >= 13, right
 
 
+def test_a_flat_border_round_unevenly_lit_paper(mnist, reader):
+    """What a rotated photo leaves: a border filled flat at the paper's darkest level, the paper
+    inside lit more brightly to one side. The border shows `even_light` no slope and misleads
+    `find_ink`'s noise estimate; all ten read as blank paper before `flat_paper`."""
+    rng = np.random.default_rng(13)
+    right = 0
+    for _ in range(10):
+        comp = number(mnist.x_test, mnist.y_test, 5, rng, "spaced", hard=False)
+        alpha = np.asarray(on_paper(comp.image), np.float32) / 255.0  # 1 paper, 0 ink
+        h, w = alpha.shape
+        light = 190.0 + np.linspace(0, 35, w)[None, :] + np.linspace(0, 10, h)[:, None]
+        page = light * alpha + (light - 110.0) * (1 - alpha) + rng.normal(0, 2.0, (h, w))
+        page[:, :12], page[:, -12:], page[:12], page[-12:] = 190.0, 190.0, 190.0, 190.0
+        right += reader.read(np.clip(page, 0, 255).astype(np.uint8)).number == "".join(map(str, comp.labels))
+    assert right >= 8, right
+
+
 def test_twelve_digits_and_broken_strokes(mnist, reader):
     """Long numbers (12 digits) and digits drawn in two strokes (a band erased across each)."""
     rng = np.random.default_rng(12)
