@@ -161,7 +161,7 @@ MODELS: dict[str, ModelSpec] = {
         # schedule and EMA are the digit models'.
         # A reader checkpoint from before `depth` loads with one convolution per block, and one
         # from before `upsample` with one frame per 4 columns (LATER_ARGS).
-        kwargs=dict(channels=[32, 64, 128], hidden=192, dilations=[1, 2, 4, 8], depth=2),
+        kwargs=dict(channels=[48, 96, 192], hidden=256, dilations=[1, 2, 4, 8], depth=2),
         recipe=dict(
             epochs=30,
             batch_size=64,
