@@ -48,6 +48,18 @@ def on_paper(ink: np.ndarray, scale: int = 3, border: int = 30) -> Image.Image:
     return page
 
 
+def unevenly_lit(
+    ink: np.ndarray, rng: np.random.Generator, level: float, across: tuple, down: tuple, ink_below: float
+) -> np.ndarray:
+    """`on_paper(ink)` lit unevenly: the paper at `level` plus a slope of light from across[0] to
+    across[1] left to right and down[0] to down[1] top to bottom, the ink `ink_below` under the
+    paper's light wherever it lies, and grain. (H, W) float, not yet clipped."""
+    alpha = np.asarray(on_paper(ink), np.float32) / 255.0  # 1 paper, 0 ink
+    h, w = alpha.shape
+    light = level + np.linspace(*across, w)[None, :] + np.linspace(*down, h)[:, None]
+    return light * alpha + (light - ink_below) * (1 - alpha) + rng.normal(0, 2.0, (h, w))
+
+
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_each_spacing_is_read_at_a_rate_that_proves_it(mnist, reader, spacing):
     rng = np.random.default_rng({"spaced": 1, "tight": 2, "touching": 3}[spacing])
@@ -65,11 +77,8 @@ def test_light_falling_off_across_the_page(mnist, reader):
     right = 0
     for _ in range(10):
         comp = number(mnist.x_test, mnist.y_test, 5, rng, "spaced", hard=False)
-        alpha = np.asarray(on_paper(comp.image), np.float32) / 255.0  # 1 paper, 0 ink
-        h, w = alpha.shape
-        light = 180.0 + np.linspace(-30, 30, w)[None, :] + np.linspace(-8, 8, h)[:, None]
-        ink = light - 80.0  # fainter than the light changes across the page
-        page = light * alpha + ink * (1 - alpha) + rng.normal(0, 2.0, (h, w))
+        # ink 80 below the paper: fainter than the light changes across the page
+        page = unevenly_lit(comp.image, rng, 180.0, (-30, 30), (-8, 8), ink_below=80.0)
         right += reader.read(np.clip(page, 0, 255).astype(np.uint8)).number == "".join(map(str, comp.labels))
     assert right >= 8, right
 
@@ -96,10 +105,7 @@ def test_a_flat_border_round_unevenly_lit_paper(mnist, reader):
     right = 0
     for _ in range(10):
         comp = number(mnist.x_test, mnist.y_test, 5, rng, "spaced", hard=False)
-        alpha = np.asarray(on_paper(comp.image), np.float32) / 255.0  # 1 paper, 0 ink
-        h, w = alpha.shape
-        light = 190.0 + np.linspace(0, 35, w)[None, :] + np.linspace(0, 10, h)[:, None]
-        page = light * alpha + (light - 110.0) * (1 - alpha) + rng.normal(0, 2.0, (h, w))
+        page = unevenly_lit(comp.image, rng, 190.0, (0, 35), (0, 10), ink_below=110.0)
         page[:, :12], page[:, -12:], page[:12], page[-12:] = 190.0, 190.0, 190.0, 190.0
         right += reader.read(np.clip(page, 0, 255).astype(np.uint8)).number == "".join(map(str, comp.labels))
     assert right >= 8, right
