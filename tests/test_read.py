@@ -85,8 +85,8 @@ def test_light_falling_off_across_the_page(mnist, reader):
 
 def test_a_dark_edge_across_the_photo(mnist, reader):
     """A shadow over the top tenth of the photo breaks `even_light`'s "paper at every edge": all 30
-    came back blank before the reader fell back to the photo as it is (17 of 30 read whole now;
-    11 with no levelling at all)."""
+    came back blank before the reader had a second try (29 of 30 read whole with the reader and
+    the `flat_paper` try of 2026-12-02; 11 with no levelling at all)."""
     rng = np.random.default_rng(9)
     right = 0
     for _ in range(30):

@@ -76,10 +76,11 @@ def even_light(gray: np.ndarray) -> np.ndarray:
 def flat_paper(gray: np.ndarray) -> np.ndarray:
     """(H, W) in [0, 1] → the same with the paper's own light taken off, wherever it varies: the
     paper's level is a median filter over a window half the short side wide (ink is a minority
-    in it), at 16 px on the short side, and it is subtracted. `find_line`'s last try: a photo's
-    border can be a flat fill (what a rotation leaves) while the paper inside is lit unevenly; the
-    border then tells `even_light` of no slope and `find_ink` measures the paper's noise about the
-    wrong level (a 5-digit number read as blank paper, 1 photo in 800 of `bench read`)."""
+    in it), at 16 px on the short side, and it is subtracted. `find_line`'s second try, where
+    `even_light`'s border misled it: a shadow along one edge, or a flat fill (what a rotation
+    leaves) round paper lit unevenly inside, where `even_light` sees no slope and `find_ink`
+    measured the paper's noise about the wrong level (a 5-digit number read as blank paper, 1
+    photo in 800 of `bench read`). Not the first try: 1–16 ms a photo, where `even_light` is ~0."""
     h, w = gray.shape
     f = max(1, min(h, w) // 16)
     small = _resize(gray, (max(1, w // f), max(1, h // f)))  # (h/f, w/f): the light, not the ink
@@ -249,9 +250,8 @@ def find_line(img: Image.Image | np.ndarray | str | Path | bytes) -> Line | None
         size = (ow, oh) if (ow >= oh) == (size[0] >= size[1]) else (oh, ow)  # EXIF may have turned it
     gray = work_gray(img, READ_MAX_SIDE)
     ink = find_ink(even_light(gray))
-    if ink.blank:  # the levelling assumes paper at all four edges; a dark edge breaks that
-        ink = find_ink(gray)
-    if ink.blank:  # a flat border round unevenly lit paper: level it everywhere
+    if ink.blank:  # even_light trusts the border to show the paper's light; where it lies (a
+        # shadow along one edge, a flat fill round a rotated photo), level the paper everywhere
         ink = find_ink(flat_paper(gray))
     if ink.blank:
         return None
