@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-from digitnet.bench.read import unsure_shares
+from digitnet.bench.read import ReadBenchConfig, run_read_bench, unsure_shares
 from digitnet.checkpoint import PRETRAINED_DIR
 from digitnet.data.synth import SPACINGS
+from digitnet.inference.reader import SECOND_LOOKS
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -81,3 +82,12 @@ def test_bench_read_scores_digitnet_beside_tesseract(mnist_dir):
             and "Traceback" not in bad.stderr
             and len(bad.stderr.strip().splitlines()) == 1
         )
+
+
+def test_bench_read_sets_the_reader_beside_itself_without_second_looks(mnist):
+    """`--baseline-one-look`: the same reader on the same photos, reading with one look only, so a
+    run shows what the second looks at unsure readings add."""
+    result = run_read_bench(ReadBenchConfig(per_cell=1, max_length=3, baseline_one_look=True), mnist)
+    ours, base = result["results"]["digitnet"], result["results"]["baseline"]
+    assert ours["version"] == base["version"] and ours["photos"] == base["photos"] == 9
+    assert ours["second_looks"] == [list(look) for look in SECOND_LOOKS] and base["second_looks"] == []

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from digitnet.inference.ctc import BLANK, best_path, digit_posterior, log_softmax, string_log_prob
+from digitnet.inference.ctc import BLANK, align, best_path, digit_posterior, log_softmax, string_log_prob
 from digitnet.inference.lines import clean_ink, find_line, whole_strokes
 
 
@@ -78,6 +78,22 @@ def test_string_log_prob_is_the_sum_over_every_alignment(labels):
     rng = np.random.default_rng(len(labels))
     lp = log_softmax(rng.normal(size=(6, 5)), axis=1)  # 6 frames, blank + 4 classes (labels 0-3)
     assert string_log_prob(lp, labels) == pytest.approx(brute_force(lp, labels), abs=1e-9)
+
+
+@pytest.mark.parametrize("labels", [[3], [3, 3], [1, 3], [2, 1, 2]])
+def test_align_gives_the_frames_of_the_most_probable_path_to_a_string(labels):
+    rng = np.random.default_rng(10 + len(labels))
+    lp = log_softmax(rng.normal(size=(6, 5)), axis=1)
+    best, best_path_ = -np.inf, ()
+    for path in itertools.product(range(5), repeat=6):  # every frame path that collapses to labels
+        collapsed = [k for i, k in enumerate(path) if k != BLANK and (i == 0 or k != path[i - 1])]
+        score = sum(lp[t, k] for t, k in enumerate(path))
+        if collapsed == [k + 1 for k in labels] and score > best:
+            best, best_path_ = score, path
+    starts = [t for t, k in enumerate(best_path_) if k != BLANK and (t == 0 or k != best_path_[t - 1])]
+    ends = [t for t, k in enumerate(best_path_) if k != BLANK and (t == 5 or k != best_path_[t + 1])]
+    assert align(lp, labels) == list(zip(starts, ends, strict=True))
+    assert align(lp[:4], [2, 2, 2]) is None  # three equal labels need five frames
 
 
 def test_best_path_collapses_repeats_and_needs_a_blank_between_equal_labels():

@@ -299,3 +299,48 @@ def test_the_classifier_runs_on_the_readers_backend_and_threads():
     assert Reader.load("default", classifier="none").classifier is None
     with pytest.raises(ModelError, match=r"^classifier: .*reads whole numbers"):
         Reader.load("default", classifier=PRETRAINED_DIR / "reader.pt")
+
+
+def frames_for(width: int, beliefs: list[tuple[float, dict[int, float]]]) -> np.ndarray:
+    """(1, 12, width / 4) logits: blank everywhere but, at each (fraction of the width, {class:
+    probability}), that belief over two frames."""
+    t_max = width // 4
+    logits = np.full((12, t_max), np.log(0.01 / 11), np.float32)
+    logits[0] = np.log(0.99)
+    for at, belief in beliefs:
+        p = np.full(12, (1 - sum(belief.values())) / (12 - len(belief)))
+        for k, v in belief.items():
+            p[k] = v
+        t = int(at * t_max)
+        logits[:, t : t + 2] = np.log(p)[:, None]
+    return logits[None]
+
+
+def test_an_unsure_reading_gets_a_second_look_and_a_sure_one_does_not():
+    """A first look torn between 5 and 6 for its second digit (5 at 0.45, 6 at 0.5: "36", unsure);
+    the rescaled looks both see a 5 at 0.8: the looks together read "35", with its frames in the
+    first look (its box over the second bar) and its probability there, so it stays unsure."""
+    line = two_digits(gap=30)
+    first = line.strip.shape[1]
+    calls = []
+
+    def run_logits(x):
+        calls.append(x.shape[-1])
+        second = {6: 0.8, 7: 0.1} if x.shape[-1] != first else {6: 0.45, 7: 0.5}  # class k + 1: digit k
+        return frames_for(x.shape[-1], [(0.25, {4: 0.95}), (0.7, second)])
+
+    reader = Reader(
+        run_logits=run_logits, name="stub", version="0", temperature=1.0, unsure_threshold=0.9, backend="stub"
+    )
+    reading = reader.read_line(line)
+    assert reading.number == "35" and reading.unsure and len(calls) == 1 + len(reader.second_looks) == 3
+    assert calls[1] == round(first * 1.25 / 4) * 4  # the strip 25 % wider: more frames
+    lp = calibrated(run_logits(line.strip[None, None])[0], 1.0)[2]
+    assert reading.confidence == pytest.approx(np.exp(string_log_prob(lp, [3, 5])))
+    assert reading.digits[1].box[0] > reading.digits[0].box[2]  # each digit on its own bar
+    reader.second_looks = ()
+    assert reader.read_line(line).number == "36"  # one look alone
+    calls.clear()
+    reader.second_looks = ((1.25, 1.0), (0.85, 0.85))
+    reader.unsure_threshold = 0.01  # now the first reading counts as sure: no second look
+    assert reader.read_line(line).number == "36" and len(calls) == 1

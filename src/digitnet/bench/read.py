@@ -4,10 +4,11 @@ It composes a seeded set of number photos from MNIST *test* digits (lengths 1–
 and touching, `per_cell` of each; paper-like backgrounds, JPEG, blur, slight rotation:
 `data.synth.photo`), writes them to a temporary folder, reads every file with digitnet (decode →
 read, timed per photo; with `baseline`, a second reader such as the previous bundled one takes
-turns with it) and, with `peer="tesseract"`, reads the same files with Tesseract 5 (`--psm 7`,
-one text line, digits whitelist) in the same run. Reported: whole-number accuracy by
-length and by spacing, the digit error rate (edit distance / digits), photos/s, p50/p99 ms per
-photo, and p50/p99 for the 6-digit photos alone.
+turns with it, or with `baseline_one_look` the same reader without its second looks) and, with
+`peer="tesseract"`, reads the same files with Tesseract 5 (`--psm 7`, one text line, digits
+whitelist) in the same run. Reported: whole-number accuracy by length and by spacing, the digit
+error rate (edit distance / digits), photos/s, p50/p99 ms per photo, and p50/p99 for the 6-digit
+photos alone.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ReadBenchConfig:
     seed: int = 7
     peer: str | None = None
     baseline: str | None = None  # a second reader (a run folder or model file) on the same photos
+    baseline_one_look: bool = False  # the baseline (by default `model` itself) without second looks
     backend: str = "auto"  # or "all": the reader on ONNX Runtime and on torch, side by side
     classifier: str | None = "default"  # the digit model's second opinion ("none": the reader alone)
     threads: int | None = None
@@ -179,6 +181,7 @@ def read_all(readers: dict[str, Reader], cases: list[dict[str, Any]]) -> dict[st
             "backend": reader.backend,
             "source": reader.source,
             "classifier": reader.classifier.version if reader.classifier else None,
+            "second_looks": [list(look) for look in reader.second_looks],
         }
         for name, reader in readers.items()
     }
@@ -193,10 +196,12 @@ def run_read_bench(cfg: ReadBenchConfig, data: TestSplit) -> dict[str, Any]:
         )
         for b in backends
     }
-    if cfg.baseline is not None:
+    if cfg.baseline is not None or cfg.baseline_one_look:
         readers["baseline"] = Reader.load(
-            cfg.baseline, backend=backends[0], threads=cfg.threads, classifier=cfg.classifier
+            cfg.baseline or cfg.model, backend=backends[0], threads=cfg.threads, classifier=cfg.classifier
         )
+        if cfg.baseline_one_look:  # what the second looks at unsure readings add, in the same run
+            readers["baseline"].second_looks = ()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="digitnet-bench-read-") as tmp:
         cases = make_photos(data, cfg, Path(tmp))

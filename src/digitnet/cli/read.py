@@ -158,6 +158,13 @@ def bench_read(
         str | None,
         typer.Option("--baseline", help="A second reader (run folder or model file) on the same photos."),
     ] = None,
+    baseline_one_look: Annotated[
+        bool,
+        typer.Option(
+            "--baseline-one-look",
+            help="The baseline (without --baseline: the model itself) reads without second looks.",
+        ),
+    ] = False,
     backend: Annotated[
         str, typer.Option("--backend", help="torch | onnx | auto | all (onnx and torch side by side).")
     ] = "auto",
@@ -179,6 +186,7 @@ def bench_read(
         seed=seed,
         peer=peer,
         baseline=baseline,
+        baseline_one_look=baseline_one_look,
         backend=backend,
         classifier=classifier,
         threads=threads,

@@ -2,8 +2,9 @@
 
 The reader's 12 classes per frame: the CTC blank (0), digits 0-9 (1-10) and "not a digit" (11);
 label k is class k + 1. `best_path` reads the labels and each label's frames, `string_log_prob`
-is the probability of a whole string (every alignment: the CTC forward pass), and `calibrated`
-does both for one line with the reader's temperature.
+is the probability of a whole string (every alignment: the CTC forward pass), `align` the frames
+of a given string (its most probable alignment), and `calibrated` does both of the first for one
+line with the reader's temperature.
 """
 
 from __future__ import annotations
@@ -73,6 +74,37 @@ def string_log_prob(log_probs: np.ndarray, labels: list[int]) -> float:
         alpha = np.logaddexp(np.logaddexp(prev, step), jump) + log_probs[t, ext_arr]
     end = alpha[-1] if s == 1 else np.logaddexp(alpha[-1], alpha[-2])
     return float(end)
+
+
+def align(log_probs: np.ndarray, labels: list[int]) -> list[tuple[int, int]] | None:
+    """Each label's frame span [first, last] in the most probable alignment of `labels` to (T, C)
+    log-probabilities (Viterbi over the same states as `string_log_prob`); None when the frames
+    are too few to hold the string (a repeated digit needs a blank between its two)."""
+    ext = np.asarray([BLANK, *[c for k in labels for c in (k + 1, BLANK)]])
+    s, t_max = len(ext), log_probs.shape[0]
+    skip = np.zeros(s, bool)
+    skip[2:] = (ext[2:] != BLANK) & (ext[2:] != ext[:-2])
+    delta = np.full(s, -np.inf)
+    delta[: min(2, s)] = log_probs[0, ext[: min(2, s)]]
+    back = np.zeros((t_max, s), np.int64)  # the state each state came from at frame t
+    for t in range(1, t_max):
+        options = np.full((3, s), -np.inf)  # stay, step from s-1, jump from s-2
+        options[0] = delta
+        options[1, 1:] = delta[:-1]
+        options[2, 2:] = np.where(skip[2:], delta[:-2], -np.inf)
+        move = options.argmax(axis=0)
+        back[t] = np.arange(s) - move
+        delta = options[move, np.arange(s)] + log_probs[t, ext]
+    ends = [s - 1] if s == 1 else [s - 1, s - 2]
+    state = max(ends, key=lambda e: delta[e])
+    if not np.isfinite(delta[state]):
+        return None
+    spans: dict[int, list[int]] = {}
+    for t in range(t_max - 1, -1, -1):
+        if state % 2:  # a label's state: label (state - 1) / 2
+            spans.setdefault((state - 1) // 2, []).append(t)
+        state = int(back[t, state])
+    return [(min(spans[i]), max(spans[i])) for i in range(len(labels))]
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -5,7 +5,7 @@ where the border does not show it); `whole_strokes`
 grows the ink mask along faint parts of strokes; `clean_ink` removes what is ink but not writing
 (specks, dots, ruled lines, underlines) from an ink mask; `normalize_line` crops what is left and
 scales it to the reader's strip, 32 px tall with the text 28 px high, remembering how to map strip
-columns back to the input image (`Geometry`).
+columns back to the input image (`Geometry`); `rescaled` gives the reader a second look at a strip.
 `find_line` is the whole way from an image to the strip, the one every door reads through.
 """
 
@@ -208,6 +208,20 @@ def normalize_line(ink: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.
     top = (STRIP_H - h) // 2
     strip[top : top + h, PAD_X : PAD_X + w] = small
     return strip, Geometry(x0, y0, scale, top, width)
+
+
+def rescaled(strip: np.ndarray, wider: float, taller: float) -> np.ndarray:
+    """The reader's strip (32, W) seen again with its ink `wider` times as wide and `taller` times
+    as tall, centred in 32 rows (cropped when taller), the width rounded to READER_STRIDE."""
+    w = max(READER_STRIDE, round(strip.shape[1] * wider / READER_STRIDE) * READER_STRIDE)
+    h = max(1, round(STRIP_H * taller))
+    resized = _resize(strip, (w, h))  # (h, w)
+    if h >= STRIP_H:
+        top = (h - STRIP_H) // 2
+        return resized[top : top + STRIP_H]
+    out = np.zeros((STRIP_H, w), np.float32)
+    out[(STRIP_H - h) // 2 : (STRIP_H - h) // 2 + h] = resized
+    return out
 
 
 @dataclass(frozen=True)

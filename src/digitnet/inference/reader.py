@@ -6,7 +6,8 @@ finds its ink the same way (after `lines.even_light` has taken a gradient of lig
 grows it along faint strokes, cleans it of what is not writing (specks, dots, ruled lines,
 underlines) and normalises it to a 32-px strip; the `reader` network (`networks.NumberReader`,
 on ONNX Runtime when a trusted export sits beside the checkpoint, else torch) gives CTC logits
-over the line, decoded best-path (`ctc`); `segment` says which ink is which digit. Glyphs the
+over the line, decoded best-path (`ctc`), and an unsure reading looked at again with the strip
+rescaled (`Reader.look_again`); `segment` says which ink is which digit. Glyphs the
 reader calls "not a digit" (a letter, a currency sign, a dash) are reported as marks, never as
 digits. Boxes are in the input image's pixel coordinates.
 
@@ -33,14 +34,21 @@ from torch import nn
 from digitnet.checkpoint import PRETRAINED_DIR, checkpoint_version, load_checkpoint
 from digitnet.data.synth import OTHER
 from digitnet.errors import ConfigError, DigitnetError, ModelError
-from digitnet.inference.ctc import calibrated, digit_posterior, string_log_prob
-from digitnet.inference.lines import Box, Line, find_line
+from digitnet.inference.ctc import align, best_path, calibrated, digit_posterior, log_softmax, string_log_prob
+from digitnet.inference.lines import Box, Line, find_line, rescaled
 from digitnet.inference.predictor import Predictor, check_kind, choose_backend, onnx_runner
 from digitnet.inference.preprocess import fit_field
 from digitnet.inference.segment import boxes
 from digitnet.networks import READER_STRIDE
 
 DEFAULT_READER = "reader"  # pretrained/reader.pt (+ reader.onnx, its export): the bundled reader
+# A reading the reader is unsure of gets a second look: the strip again 25 % wider, and with its
+# ink 15 % smaller (wider, taller). Each string the looks read is scored by the sum of its log-
+# probability in every look, and the best is kept. Chosen on 2,400 photos of numbers composed from
+# the validation digits (seed 99), the reader alone: 89 -> 73 wrong; other looks (stretches of
+# 0.8-1.5, shears, larger ink) did about as well or worse. As `read` reads, with the classifier's
+# second opinion: 89 -> 78 (spaced 22 -> 21, tight 19 -> 16, touching 48 -> 41).
+SECOND_LOOKS = ((1.25, 1.0), (0.85, 0.85))
 
 
 @dataclass(frozen=True)
@@ -110,8 +118,10 @@ class Reader:
         source: str = "",
         stride: int = READER_STRIDE,
         classifier: Predictor | None = None,
+        second_looks: tuple[tuple[float, float], ...] = SECOND_LOOKS,
     ) -> None:
         self._run_logits = run_logits  # (1, 1, 32, W) float32 → (1, 12, W/stride)
+        self.second_looks = second_looks  # `lines.rescaled` (wider, taller) for unsure readings
         self.stride = stride  # strip columns per output frame
         self.classifier = classifier  # a digit model's second opinion on digits that stand apart
         self.name, self.version, self.backend, self.source = name, version, backend, source
@@ -214,6 +224,8 @@ class Reader:
     def read_line(self, line: Line) -> NumberReading:
         """A line found by `find_line` → the number it holds."""
         labels, spans, lp, log_p = calibrated(self.line_logits(line.strip), self.temperature)
+        if labels and self.second_looks and math.exp(log_p) < self.unsure_threshold:
+            labels, spans, log_p = self.look_again(line.strip, lp, labels, spans, log_p)
         found, one_to_one = boxes(line, spans, self.stride)
         conf = [
             float(np.exp(lp[t0 : t1 + 1, k + 1].max())) for k, (t0, t1) in zip(labels, spans, strict=True)
@@ -239,6 +251,28 @@ class Reader:
         number = "".join(str(d.digit) for d in digits)
         unsure = bool(digits) and confidence < self.unsure_threshold
         return NumberReading(number, confidence, unsure, digits, marks, line.strip)
+
+    def look_again(
+        self, strip: np.ndarray, lp: np.ndarray, labels: list[int], spans: list[tuple[int, int]], log_p: float
+    ) -> tuple[list[int], list[tuple[int, int]], float]:
+        """An unsure reading (labels, spans, log p) of `strip`, whose log-probabilities are `lp`
+        (T, 12), decided again with `second_looks`: the string that the looks together find most
+        probable (the sum of its log-probability in each), with its frames and probability in the
+        first look (so it stays unsure, and its boxes stay where the ink is)."""
+        looks = [lp] + [
+            log_softmax(
+                self.line_logits(rescaled(strip, w, h)).T.astype(np.float64) / self.temperature, axis=1
+            )
+            for w, h in self.second_looks
+        ]  # (T_i, 12) each
+        candidates = {tuple(best_path(look)[0]) for look in looks}
+        score, best = max((sum(string_log_prob(look, list(c)) for look in looks), c) for c in candidates)
+        if list(best) == labels or not math.isfinite(score):
+            return labels, spans, log_p
+        found = align(lp, list(best))
+        if found is None:  # the first look's frames cannot hold it
+            return labels, spans, log_p
+        return list(best), found, string_log_prob(lp, list(best))
 
 
 def second_opinion(
