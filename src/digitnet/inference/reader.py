@@ -266,6 +266,8 @@ class Reader:
             for w, h in self.second_looks
         ]  # (T_i, 12) each
         candidates = {tuple(best_path(look)[0]) for look in looks}
+        if candidates == {tuple(labels)}:  # every look reads the same: nothing to weigh
+            return labels, spans, log_p
         score, best = max((sum(string_log_prob(look, list(c)) for look in looks), c) for c in candidates)
         if list(best) == labels or not math.isfinite(score):
             return labels, spans, log_p
