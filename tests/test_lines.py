@@ -94,6 +94,7 @@ def test_align_gives_the_frames_of_the_most_probable_path_to_a_string(labels):
     ends = [t for t, k in enumerate(best_path_) if k != BLANK and (t == 5 or k != best_path_[t + 1])]
     assert align(lp, labels) == list(zip(starts, ends, strict=True))
     assert align(lp[:4], [2, 2, 2]) is None  # three equal labels need five frames
+    assert align(lp, []) == [] and align(lp[:1], [1, 3]) is None
 
 
 def test_best_path_collapses_repeats_and_needs_a_blank_between_equal_labels():

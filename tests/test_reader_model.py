@@ -344,3 +344,58 @@ def test_an_unsure_reading_gets_a_second_look_and_a_sure_one_does_not():
     reader.second_looks = ((1.25, 1.0), (0.85, 0.85))
     reader.unsure_threshold = 0.01  # now the first reading counts as sure: no second look
     assert reader.read_line(line).number == "36" and len(calls) == 1
+
+
+class Counting(Classifier):
+    """A classifier that counts the digits it was shown."""
+
+    def __init__(self, probs):
+        super().__init__(probs)
+        self.asked = 0
+
+    def predict_proba(self, x):
+        self.asked += len(x)
+        return super().predict_proba(x)
+
+
+def test_second_looks_then_the_classifier_and_looks_that_read_no_digit():
+    """After second looks, digits that stand apart still get the classifier's second opinion,
+    weighed against the first look's belief: a classifier leaning to 5 keeps the looks' "35".
+    Looks that read no digit at all (blank, or a mark) leave the first reading as it was, still
+    unsure."""
+    line = two_digits(gap=30)
+    first = line.strip.shape[1]
+
+    def run_logits(x):
+        second = {6: 0.8, 7: 0.1} if x.shape[-1] != first else {6: 0.45, 7: 0.5}
+        return frames_for(x.shape[-1], [(0.25, {4: 0.95}), (0.7, second)])
+
+    leans_5 = Counting([0.05] * 5 + [0.55] + [0.05] * 4)
+    reader = Reader(
+        run_logits=run_logits,
+        name="stub",
+        version="0",
+        temperature=1.0,
+        unsure_threshold=0.9,
+        backend="stub",
+        classifier=leans_5,
+    )
+    reading = reader.read_line(line)
+    assert reading.number == "35" and reading.unsure and leans_5.asked == 2
+
+    def blank_looks(x):  # a faint first look (blank at 0.4 over each digit), then no digit at all
+        if x.shape[-1] == first:
+            return frames_for(first, [(0.25, {4: 0.55, 0: 0.4}), (0.7, {7: 0.55, 0: 0.4})])
+        mark = {OTHER + 1: 0.9}  # "not a digit"
+        return frames_for(x.shape[-1], [(0.5, mark)] if x.shape[-1] < first else [])
+
+    reader = Reader(
+        run_logits=blank_looks,
+        name="stub",
+        version="0",
+        temperature=1.0,
+        unsure_threshold=0.9,
+        backend="stub",
+    )
+    reading = reader.read_line(line)
+    assert reading.number == "36" and reading.unsure and not reading.marks
