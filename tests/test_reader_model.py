@@ -242,6 +242,19 @@ class Refuses:
         raise AssertionError("the classifier was asked about digits that do not stand apart")
 
 
+def stub_logits_reader(run_logits, classifier=None) -> Reader:
+    """A reader on stub logits, unsure under 0.9."""
+    return Reader(
+        run_logits=run_logits,
+        name="stub",
+        version="0",
+        temperature=1.0,
+        unsure_threshold=0.9,
+        backend="stub",
+        classifier=classifier,
+    )
+
+
 def stub_reader(strip: np.ndarray, torn_at: list[int], classifier) -> Reader:
     """A reader whose network is blank everywhere but at `torn_at` (strip columns), where it is torn
     between 3 (0.5) and 5 (0.45)."""
@@ -250,15 +263,7 @@ def stub_reader(strip: np.ndarray, torn_at: list[int], classifier) -> Reader:
     for c in torn_at:
         logits[:, c // 4] = np.log(np.full(12, 0.05 / 10))
         logits[4, c // 4], logits[6, c // 4] = np.log(0.5), np.log(0.45)
-    return Reader(
-        run_logits=lambda x: logits[None],
-        name="stub",
-        version="0",
-        temperature=1.0,
-        unsure_threshold=0.9,
-        backend="stub",
-        classifier=classifier,
-    )
+    return stub_logits_reader(lambda x: logits[None], classifier)
 
 
 def two_digits(gap: int):
@@ -316,22 +321,28 @@ def frames_for(width: int, beliefs: list[tuple[float, dict[int, float]]]) -> np.
     return logits[None]
 
 
-def test_an_unsure_reading_gets_a_second_look_and_a_sure_one_does_not():
-    """A first look torn between 5 and 6 for its second digit (5 at 0.45, 6 at 0.5: "36", unsure);
-    the rescaled looks both see a 5 at 0.8: the looks together read "35", with its frames in the
-    first look (its box over the second bar) and its probability there, so it stays unsure."""
-    line = two_digits(gap=30)
-    first = line.strip.shape[1]
-    calls = []
+def torn_first_look(first: int, calls: list[int] | None = None):
+    """Logits for a strip `first` columns wide torn between 5 and 6 for its second digit (5 at
+    0.45, 6 at 0.5: "36", unsure); for any other width (a second look) a 5 at 0.8."""
 
     def run_logits(x):
-        calls.append(x.shape[-1])
+        if calls is not None:
+            calls.append(x.shape[-1])
         second = {6: 0.8, 7: 0.1} if x.shape[-1] != first else {6: 0.45, 7: 0.5}  # class k + 1: digit k
         return frames_for(x.shape[-1], [(0.25, {4: 0.95}), (0.7, second)])
 
-    reader = Reader(
-        run_logits=run_logits, name="stub", version="0", temperature=1.0, unsure_threshold=0.9, backend="stub"
-    )
+    return run_logits
+
+
+def test_an_unsure_reading_gets_a_second_look_and_a_sure_one_does_not():
+    """A first look that reads "36", unsure; the rescaled looks both see a 5: the looks together
+    read "35", with its frames in the first look (its box over the second bar) and its
+    probability there, and it stays unsure."""
+    line = two_digits(gap=30)
+    first = line.strip.shape[1]
+    calls: list[int] = []
+    run_logits = torn_first_look(first, calls)
+    reader = stub_logits_reader(run_logits)
     reading = reader.read_line(line)
     assert reading.number == "35" and reading.unsure and len(calls) == 1 + len(reader.second_looks) == 3
     assert calls[1] == round(first * 1.25 / 4) * 4  # the strip 25 % wider: more frames
@@ -365,22 +376,8 @@ def test_second_looks_then_the_classifier_and_looks_that_read_no_digit():
     unsure."""
     line = two_digits(gap=30)
     first = line.strip.shape[1]
-
-    def run_logits(x):
-        second = {6: 0.8, 7: 0.1} if x.shape[-1] != first else {6: 0.45, 7: 0.5}
-        return frames_for(x.shape[-1], [(0.25, {4: 0.95}), (0.7, second)])
-
     leans_5 = Counting([0.05] * 5 + [0.55] + [0.05] * 4)
-    reader = Reader(
-        run_logits=run_logits,
-        name="stub",
-        version="0",
-        temperature=1.0,
-        unsure_threshold=0.9,
-        backend="stub",
-        classifier=leans_5,
-    )
-    reading = reader.read_line(line)
+    reading = stub_logits_reader(torn_first_look(first), leans_5).read_line(line)
     assert reading.number == "35" and reading.unsure and leans_5.asked == 2
 
     def blank_looks(x):  # a faint first look (blank at 0.4 over each digit), then no digit at all
@@ -389,13 +386,5 @@ def test_second_looks_then_the_classifier_and_looks_that_read_no_digit():
         mark = {OTHER + 1: 0.9}  # "not a digit"
         return frames_for(x.shape[-1], [(0.5, mark)] if x.shape[-1] < first else [])
 
-    reader = Reader(
-        run_logits=blank_looks,
-        name="stub",
-        version="0",
-        temperature=1.0,
-        unsure_threshold=0.9,
-        backend="stub",
-    )
-    reading = reader.read_line(line)
+    reading = stub_logits_reader(blank_looks).read_line(line)
     assert reading.number == "36" and reading.unsure and not reading.marks
