@@ -4,7 +4,7 @@ The reader's 12 classes per frame: the CTC blank (0), digits 0-9 (1-10) and "not
 label k is class k + 1. `best_path` reads the labels and each label's frames, `string_log_prob`
 is the probability of a whole string (every alignment: the CTC forward pass), `align` the frames
 of a given string (its most probable alignment), and `calibrated` does both of the first for one
-line with the reader's temperature.
+line with the reader's temperature (`tempered`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ def calibrated(
     logits: np.ndarray, temperature: float
 ) -> tuple[list[int], list[tuple[int, int]], np.ndarray, float]:
     """(labels, frame spans, log-probs (T, 12), log p(labels)) for one line's logits (12, T)."""
-    lp = log_softmax(logits.T.astype(np.float64) / temperature, axis=1)  # (T, 12)
+    lp = tempered(logits, temperature)
     labels, spans = best_path(lp)
     return labels, spans, lp, string_log_prob(lp, labels)
+
+
+def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """One line's logits (12, T) → calibrated per-frame log-probabilities (T, 12), float64."""
+    return log_softmax(logits.T.astype(np.float64) / temperature, axis=1)
 
 
 def digit_posterior(log_probs: np.ndarray, span: tuple[int, int], label: int) -> np.ndarray:
@@ -53,18 +58,13 @@ def best_path(log_probs: np.ndarray) -> tuple[list[int], list[tuple[int, int]]]:
 def string_log_prob(log_probs: np.ndarray, labels: list[int]) -> float:
     """log p(labels | x) under CTC: the forward algorithm over (T, C) log-probabilities, summing
     every alignment of the label sequence (label k is class k + 1)."""
-    ext = [BLANK]
-    for k in labels:
-        ext += [k + 1, BLANK]  # blank, l1, blank, l2, …, blank
-    s = len(ext)
+    ext_arr, skip = _states(labels)
+    s = len(ext_arr)
     t_max = log_probs.shape[0]
     alpha = np.full(s, -np.inf)
     alpha[0] = log_probs[0, BLANK]
     if s > 1:
-        alpha[1] = log_probs[0, ext[1]]
-    ext_arr = np.asarray(ext)
-    skip = np.zeros(s, bool)  # a transition may skip the blank between two different labels
-    skip[2:] = (ext_arr[2:] != BLANK) & (ext_arr[2:] != ext_arr[:-2])
+        alpha[1] = log_probs[0, ext_arr[1]]
     for t in range(1, t_max):
         prev = alpha
         step = np.full(s, -np.inf)
@@ -80,10 +80,8 @@ def align(log_probs: np.ndarray, labels: list[int]) -> list[tuple[int, int]] | N
     """Each label's frame span [first, last] in the most probable alignment of `labels` to (T, C)
     log-probabilities (Viterbi over the same states as `string_log_prob`); None when the frames
     are too few to hold the string (a repeated digit needs a blank between its two)."""
-    ext = np.asarray([BLANK, *[c for k in labels for c in (k + 1, BLANK)]])
+    ext, skip = _states(labels)
     s, t_max = len(ext), log_probs.shape[0]
-    skip = np.zeros(s, bool)
-    skip[2:] = (ext[2:] != BLANK) & (ext[2:] != ext[:-2])
     delta = np.full(s, -np.inf)
     delta[: min(2, s)] = log_probs[0, ext[: min(2, s)]]
     back = np.zeros((t_max, s), np.int64)  # the state each state came from at frame t
@@ -105,6 +103,15 @@ def align(log_probs: np.ndarray, labels: list[int]) -> list[tuple[int, int]] | N
             spans.setdefault((state - 1) // 2, []).append(t)
         state = int(back[t, state])
     return [(min(spans[i]), max(spans[i])) for i in range(len(labels))]
+
+
+def _states(labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """CTC's states for `labels`: the classes blank, l1, blank, l2, …, blank (2L + 1,), and where a
+    transition may skip the blank before a state (between two different labels)."""
+    ext = np.asarray([BLANK, *[c for k in labels for c in (k + 1, BLANK)]])
+    skip = np.zeros(len(ext), bool)
+    skip[2:] = (ext[2:] != BLANK) & (ext[2:] != ext[:-2])
+    return ext, skip
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -34,7 +34,7 @@ from torch import nn
 from digitnet.checkpoint import PRETRAINED_DIR, checkpoint_version, load_checkpoint
 from digitnet.data.synth import OTHER
 from digitnet.errors import ConfigError, DigitnetError, ModelError
-from digitnet.inference.ctc import align, best_path, calibrated, digit_posterior, log_softmax, string_log_prob
+from digitnet.inference.ctc import align, best_path, calibrated, digit_posterior, string_log_prob, tempered
 from digitnet.inference.lines import Box, Line, find_line, rescaled
 from digitnet.inference.predictor import Predictor, check_kind, choose_backend, onnx_runner
 from digitnet.inference.preprocess import fit_field
@@ -268,22 +268,19 @@ class Reader:
         each; on a tie, the first look's), with its frames and probability in the first look (its
         boxes stay where the ink is)."""
         looks = [lp] + [
-            log_softmax(
-                self.line_logits(rescaled(strip, w, h)).T.astype(np.float64) / self.temperature, axis=1
-            )
-            for w, h in self.second_looks
+            tempered(self.line_logits(rescaled(strip, w, h)), self.temperature) for w, h in self.second_looks
         ]  # (T_i, 12) each
         first = tuple(labels)
         read = {tuple(best_path(look)[0]) for look in looks}
         candidates = {c for c in read if any(k != OTHER for k in c)} | {first}
         if candidates == {first}:  # every look reads the same (or no digit): nothing to weigh
             return labels, spans, log_p
-        score = {c: sum(string_log_prob(look, list(c)) for look in looks) for c in candidates}
-        best = max(candidates, key=lambda c: (score[c], c == first))
-        found = align(lp, list(best)) if best != first and math.isfinite(score[best]) else None
+        each = {c: [string_log_prob(look, list(c)) for look in looks] for c in candidates}  # per look
+        best = max(candidates, key=lambda c: (sum(each[c]), c == first))
+        found = align(lp, list(best)) if best != first and math.isfinite(sum(each[best])) else None
         if found is None:  # the first look's reading, or a string its frames cannot hold
             return labels, spans, log_p
-        return list(best), found, string_log_prob(lp, list(best))
+        return list(best), found, each[best][0]
 
 
 def second_opinion(
