@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
 
 def bench_read(
     model: ReaderModel = "default",
-    per_cell: Annotated[int, typer.Option("--per-cell", help="Photos per (length, spacing).")] = 25,
+    per_cell: Annotated[int, typer.Option("--per-cell", help="Photos per (length, spacing).")] = 100,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest number (digits).")] = 8,
     peer: Annotated[
         str | None, typer.Option("--peer", help="Also read the same files with: tesseract.")
@@ -205,8 +205,15 @@ def bench_read(
         for n in r["lengths"]:
             table.add_column(f"{n}", justify="right")
         table.add_column("all", justify="right")
+        table.add_column("95 % interval", justify="right")  # how far luck of the draw can move "all"
         for spacing, accs in r["accuracy_by_length"].items():
-            table.add_row(spacing, *(f"{a:.0%}" for a in accs), f"{r['accuracy_by_spacing'][spacing]:.1%}")
+            low, high = r["accuracy_by_spacing_95ci"][spacing]
+            table.add_row(
+                spacing,
+                *(f"{a:.0%}" for a in accs),
+                f"{r['accuracy_by_spacing'][spacing]:.1%}",
+                f"{low:.1%}–{high:.1%}",
+            )
         console.print(table)
         console.print(
             f"  {r['photos_per_s']:,.1f} photos/s · p50 {r['ms_p50']:.1f} ms · p99 {r['ms_p99']:.1f} ms"
