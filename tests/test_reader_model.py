@@ -143,6 +143,7 @@ def test_the_bundled_reader_runs_on_its_verified_export():
     assert read_metadata(data)["checkpoint_sha256"] == file_sha256(PRETRAINED_DIR / "reader.pt")
     fast, plain = Reader.load("default"), Reader.load("default", backend="torch")
     assert fast.backend == "onnx" and plain.backend == "torch"
+    assert (fast.precision, plain.precision) == ("int8", "float32")  # tests/test_int8.py
     assert (fast.version, fast.stride, fast.temperature) == (plain.version, plain.stride, plain.temperature)
 
 

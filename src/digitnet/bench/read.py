@@ -193,6 +193,7 @@ def read_all(readers: dict[str, Reader], cases: list[dict[str, Any]]) -> dict[st
         | {
             "version": reader.version,
             "backend": reader.backend,
+            "precision": reader.precision,
             "source": reader.source,
             "classifier": reader.classifier.version if reader.classifier else None,
             "second_looks": [list(look) for look in reader.second_looks],

@@ -17,7 +17,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from digitnet.cli.options import Backend, JsonOut, Model
+from digitnet.cli.options import Backend, DataDir, JsonOut, Model, Offline, load_data
 from digitnet.errors import ConfigError, InputError
 
 console = Console(highlight=False)
@@ -153,13 +153,28 @@ def export_cmd(
         Path | None, typer.Option("--out", "-o", help="Output file (default: model.onnx beside model.pt).")
     ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="A reader's int8 export: about 3x faster convolutions, its ranges measured on "
+            "numbers composed from the MNIST training digits the run trained on (needs MNIST).",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    offline: Offline = False,
 ) -> None:
     """Export a trained model (ONNX, with calibration in its metadata)."""
     if fmt.lower() != "onnx":
         raise ConfigError(f"unknown export format {fmt!r}; supported: onnx")
-    from digitnet.inference.export import export_onnx
+    if int8:
+        from digitnet.training.run import int8_export
 
-    path = export_onnx(run, out, opset=opset)
+        path = int8_export(run, load_data("mnist", data_dir, offline), out, opset=opset)
+    else:
+        from digitnet.inference.export import export_onnx
+
+        path = export_onnx(run, out, opset=opset)
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)", markup=False)
 
 

@@ -197,7 +197,7 @@ def bench_read(
         return
     for name, r in result["results"].items():
         table = Table(
-            title=f"{name}: {r['photos']} photos, {r['accuracy']:.1%} whole numbers right, "
+            title=f"{name}{_how(r)}: {r['photos']} photos, {r['accuracy']:.1%} whole numbers right, "
             f"digit error rate {r['digit_error_rate']:.2%}",
             header_style="bold",
         )
@@ -235,3 +235,8 @@ def bench_read(
                 + (f"; the others are {sure:.1%} right" if sure is not None else "")
             )
     console.print(f"{result['environment']['cpu']} · torch {result['environment']['torch']}", markup=False)
+
+
+def _how(result: dict) -> str:
+    """How a digitnet reader ran, e.g. " (onnx, int8)"; nothing for the peer's figures."""
+    return f" ({result['backend']}, {result['precision']})" if "precision" in result else ""

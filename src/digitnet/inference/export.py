@@ -5,8 +5,9 @@ A digit model: input `x` float32 (B, 1, 28, 28) in [0, 1] (dynamic batch), outpu
 (B, 12, W/stride). The MNIST normalisation is inside the graph. Calibration travels as ONNX
 `metadata_props` (`digitnet.temperature`, `digitnet.unsure_threshold`, `digitnet.model`,
 `digitnet.version`, `digitnet.views`: the test-time augmentation copies of each image the graph
-runs; `digitnet.stride` for a reader), so the ONNX backends of `Predictor` and `Reader` need
-nothing but the .onnx file.
+runs; `digitnet.stride` for a reader; `digitnet.precision` "int8" for a reader's int8 export,
+`quantize.quantize_reader`), so the ONNX backends of `Predictor` and `Reader` need nothing but the
+.onnx file.
 
 Integrity: a hash written inside the file cannot vouch for the file (zero one initializer and the
 metadata still reads fine). So `export_onnx` also records the file's own SHA-256 beside it, in
@@ -21,9 +22,11 @@ import hashlib
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from digitnet.checkpoint import (
@@ -33,7 +36,7 @@ from digitnet.checkpoint import (
     load_checkpoint,
     resolve_model_path,
 )
-from digitnet.errors import ModelError
+from digitnet.errors import ConfigError, ModelError
 from digitnet.inference.folding import fold_for_inference
 from digitnet.inference.lines import MAX_STRIP_W, STRIP_H
 from digitnet.models import get_spec
@@ -115,7 +118,8 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
 
 def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
     """digitnet's metadata from serialized ONNX: model, version, temperature, unsure_threshold,
-    not_digit_threshold, views, stride (a reader's strip columns per frame), checkpoint_sha256."""
+    not_digit_threshold, views, stride (a reader's strip columns per frame), checkpoint_sha256,
+    precision ("float32", or "int8" for a reader's int8 export)."""
     try:
         proto = onnx_module().load_model_from_string(data)
     except Exception:
@@ -149,6 +153,7 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
             "views": views,
             "stride": stride,
             "checkpoint_sha256": props.get("digitnet.checkpoint_sha256"),
+            "precision": props.get("digitnet.precision", "float32"),
         }
     except (KeyError, ValueError):
         raise ModelError(f"{source}: digitnet ONNX metadata is incomplete; re-export it") from None
@@ -187,8 +192,25 @@ def verify_onnx(onnx_file: Path) -> tuple[bytes, str | None]:
     return data, None
 
 
-def export_onnx(model_spec: str | Path, out: str | Path | None = None, *, opset: int = OPSET) -> Path:
+def check_int8(model_name: str) -> None:
+    """int8 exports are for readers, whose convolutions over a line are most of its reading time."""
+    if get_spec(model_name).task != "numbers":
+        raise ConfigError(
+            f"int8 export is for readers; {model_name!r} reads one digit (export it as float32)"
+        )
+
+
+def export_onnx(
+    model_spec: str | Path,
+    out: str | Path | None = None,
+    *,
+    opset: int = OPSET,
+    int8_strips: Sequence[np.ndarray] | None = None,
+) -> Path:
     """Export a run folder / model file / "default" to ONNX; default `out` is model.onnx beside it.
+
+    `int8_strips`: a reader's int8 export instead (`quantize.quantize_reader`), its activation
+    ranges measured on these (32, W) strips (`training.numbers.int8_calibration` makes them).
 
     Written atomically (temp file + rename), so a reader never sees a half-written model; then its
     SHA-256 is recorded beside it (`record_path`), which loaders check before trusting the file.
@@ -200,6 +222,13 @@ def export_onnx(model_spec: str | Path, out: str | Path | None = None, *, opset:
     if target.is_dir():
         target = target / "model.onnx"
     data = onnx_bytes(loaded, opset=opset)
+    if int8_strips is not None:
+        check_int8(loaded.name)
+        # Imported here: onnxruntime.quantization takes 0.65 s to import (on top of onnxruntime),
+        # and only int8 exports need it, not the predictor that imports this module.
+        from digitnet.inference.quantize import quantize_reader
+
+        data = quantize_reader(data, int8_strips, INPUT)
     try:
         atomic_write_bytes(target, data)
         write_record(target, data)

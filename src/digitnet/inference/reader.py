@@ -5,11 +5,11 @@ One path, for every door (CLI `read`, `digitnet.read_number`, `DigitClassifier.r
 finds its ink the same way (after `lines.even_light` has taken a gradient of light off the paper),
 grows it along faint strokes, cleans it of what is not writing (specks, dots, ruled lines,
 underlines) and normalises it to a 32-px strip; the `reader` network (`networks.NumberReader`,
-on ONNX Runtime when a trusted export sits beside the checkpoint, else torch) gives CTC logits
-over the line, decoded best-path (`ctc`), and an unsure reading looked at again with the strip
-rescaled (`Reader.look_again`); `segment` says which ink is which digit. Glyphs the
-reader calls "not a digit" (a letter, a currency sign, a dash) are reported as marks, never as
-digits. Boxes are in the input image's pixel coordinates.
+on ONNX Runtime when a trusted export sits beside the checkpoint, else torch; the bundled
+reader's export is int8, `quantize`) gives CTC logits over the line, decoded best-path (`ctc`),
+and an unsure reading looked at again with the strip rescaled (`Reader.look_again`); `segment`
+says which ink is which digit. Glyphs the reader calls "not a digit" (a letter, a currency sign,
+a dash) are reported as marks, never as digits. Boxes are in the input image's pixel coordinates.
 
 `confidence` is the calibrated probability that the whole string is right: the CTC probability of
 the decoded string (all its alignments) with the temperature fitted on photos of validation
@@ -121,12 +121,14 @@ class Reader:
         stride: int = READER_STRIDE,
         classifier: Predictor | None = None,
         second_looks: tuple[tuple[float, float], ...] = SECOND_LOOKS,
+        precision: str = "float32",
     ) -> None:
         self._run_logits = run_logits  # (1, 1, 32, W) float32 → (1, 12, W/stride)
         self.second_looks = second_looks  # `lines.rescaled` (wider, taller) for unsure readings
         self.stride = stride  # strip columns per output frame
         self.classifier = classifier  # a digit model's second opinion on digits that stand apart
         self.name, self.version, self.backend, self.source = name, version, backend, source
+        self.precision = precision  # "int8": an int8 export (`quantize`), else float32
         self.temperature, self.unsure_threshold = float(temperature), float(unsure_threshold)
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ModelError(f"reader {name!r}: temperature must be a positive number, got {temperature}")
@@ -174,7 +176,7 @@ class Reader:
         """`model`: "default" (the bundled reader), a `reader` run folder, its model.pt, or an .onnx
         export of one. `backend` as `Predictor.load`'s (`predictor.choose_backend`): "auto" runs
         ONNX Runtime when a trusted export of this very checkpoint sits beside it (the bundled
-        reader has one): less time than torch for a line (BENCHMARKS.md). `classifier`: the digit
+        reader has one, in int8): less time than torch for a line (BENCHMARKS.md). `classifier`: the digit
         model whose second opinion `read_line` takes on digits that stand apart ("default": the
         bundled one; "none" or None: the reader alone), loaded with the same backend and threads."""
         if threads is not None and threads < 1:
@@ -192,6 +194,7 @@ class Reader:
                 backend="onnx",
                 source=source,
                 stride=meta["stride"],
+                precision=meta["precision"],
             )
         else:
             if threads is not None:
