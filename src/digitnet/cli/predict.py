@@ -17,7 +17,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from digitnet.cli.options import Backend, DataDir, JsonOut, Model, Offline, load_data
+from digitnet.cli.options import Backend, DataDir, Dataset, JsonOut, Model, Offline, load_data
 from digitnet.errors import ConfigError, InputError
 
 console = Console(highlight=False)
@@ -157,10 +157,12 @@ def export_cmd(
         bool,
         typer.Option(
             "--int8",
-            help="A reader's int8 export: about 3x faster convolutions, its ranges measured on "
-            "numbers composed from the MNIST training digits the run trained on (needs MNIST).",
+            help="A reader's int8 export (about 3x faster convolutions), written where the float32 "
+            "one would be, so `--backend auto` runs it; its ranges are measured on numbers composed "
+            "from the training digits the run trained on (needs its dataset: --data-dir).",
         ),
     ] = False,
+    dataset: Dataset = "mnist",
     data_dir: DataDir = None,
     offline: Offline = False,
 ) -> None:
@@ -168,9 +170,12 @@ def export_cmd(
     if fmt.lower() != "onnx":
         raise ConfigError(f"unknown export format {fmt!r}; supported: onnx")
     if int8:
-        from digitnet.training.run import int8_export
+        from digitnet.checkpoint import load_checkpoint
+        from digitnet.inference.export import check_int8
+        from digitnet.training.int8 import int8_export
 
-        path = int8_export(run, load_data("mnist", data_dir, offline), out, opset=opset)
+        check_int8(load_checkpoint(run).name)  # before loading (maybe downloading) the dataset
+        path = int8_export(run, load_data(dataset, data_dir, offline), out, opset=opset)
     else:
         from digitnet.inference.export import export_onnx
 

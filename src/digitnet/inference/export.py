@@ -57,10 +57,15 @@ def onnx_module() -> Any:
 FORMAT = "digitnet-onnx/1"
 INPUT, OUTPUT = "x", "logits"
 MAX_VIEWS = 25  # test-time augmentation copies per image: tta=2 at most (networks.CNN)
+PRECISIONS = ("float32", "int8")  # int8: a reader's int8 export (`quantize`)
 
 
-def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
-    """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel`: a digit model or a reader."""
+def onnx_bytes(
+    loaded: LoadedModel, *, opset: int = OPSET, int8_strips: Sequence[np.ndarray] | None = None
+) -> bytes:
+    """Serialized ONNX model (with metadata) for a `checkpoint.LoadedModel`: a digit model or a
+    reader; with `int8_strips`, a reader's int8 graph (`quantize.quantize_reader`), its activation
+    ranges measured on those (32, W) strips."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     reads_numbers = get_spec(loaded.name).task == "numbers"
     if reads_numbers:  # ONNX Runtime folds each BatchNorm into its conv itself
@@ -95,6 +100,13 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
     if program is None:  # the dynamo exporter always returns a program; older ones may not
         raise ModelError(f"ONNX export of {loaded.name!r} produced no program")
     proto = program.model_proto
+    if int8_strips is not None:
+        # Imported here: onnxruntime.quantization takes 0.65 s to import (on top of onnxruntime),
+        # and only int8 exports need it, not the predictor that imports this module.
+        from digitnet.inference.quantize import quantize_reader
+
+        int8 = quantize_reader(proto.SerializeToString(), int8_strips, INPUT)
+        proto = onnx_module().load_model_from_string(int8)
     meta = {
         "digitnet.format": FORMAT,
         "digitnet.model": loaded.name,
@@ -106,6 +118,8 @@ def onnx_bytes(loaded: LoadedModel, *, opset: int = OPSET) -> bytes:
     }
     if reads_numbers:
         meta["digitnet.stride"] = str(getattr(loaded.model, "stride", READER_STRIDE))
+    if int8_strips is not None:
+        meta["digitnet.precision"] = "int8"  # absent: float32
     if loaded.path is not None:  # lets `Predictor.load(backend="auto")` spot a stale export
         meta["digitnet.checkpoint_sha256"] = file_sha256(loaded.path)
     del proto.metadata_props[:]
@@ -139,6 +153,11 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
     stride = strides.get(given, 0)
     if not stride:
         raise ModelError(f"{source}: digitnet.stride must be one of {', '.join(strides)}, got {given!r}")
+    precision = props.get("digitnet.precision", "float32")
+    if precision not in PRECISIONS:
+        raise ModelError(
+            f"{source}: digitnet.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
     if not 1 <= views <= MAX_VIEWS:
         raise ModelError(
             f"{source}: digitnet.views must be 1 to {MAX_VIEWS}, got {props.get('digitnet.views')!r}"
@@ -153,7 +172,7 @@ def read_metadata(data: bytes, source: str = "model") -> dict[str, Any]:
             "views": views,
             "stride": stride,
             "checkpoint_sha256": props.get("digitnet.checkpoint_sha256"),
-            "precision": props.get("digitnet.precision", "float32"),
+            "precision": precision,
         }
     except (KeyError, ValueError):
         raise ModelError(f"{source}: digitnet ONNX metadata is incomplete; re-export it") from None
@@ -210,7 +229,7 @@ def export_onnx(
     """Export a run folder / model file / "default" to ONNX; default `out` is model.onnx beside it.
 
     `int8_strips`: a reader's int8 export instead (`quantize.quantize_reader`), its activation
-    ranges measured on these (32, W) strips (`training.numbers.int8_calibration` makes them).
+    ranges measured on these (32, W) strips (`training.int8.int8_calibration` makes them).
 
     Written atomically (temp file + rename), so a reader never sees a half-written model; then its
     SHA-256 is recorded beside it (`record_path`), which loaders check before trusting the file.
@@ -221,14 +240,11 @@ def export_onnx(
     )
     if target.is_dir():
         target = target / "model.onnx"
-    data = onnx_bytes(loaded, opset=opset)
-    if int8_strips is not None:
+    if int8_strips is not None:  # refused before the export's seconds of work
         check_int8(loaded.name)
-        # Imported here: onnxruntime.quantization takes 0.65 s to import (on top of onnxruntime),
-        # and only int8 exports need it, not the predictor that imports this module.
-        from digitnet.inference.quantize import quantize_reader
-
-        data = quantize_reader(data, int8_strips, INPUT)
+        if not int8_strips:
+            raise ConfigError("int8 export: no calibration strips")
+    data = onnx_bytes(loaded, opset=opset, int8_strips=int8_strips)
     try:
         atomic_write_bytes(target, data)
         write_record(target, data)

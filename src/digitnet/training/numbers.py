@@ -42,7 +42,6 @@ SPACING_MIX = (0.25, 0.25, 0.5)  # spaced, tight, touching: touching is the hard
 PREFETCH = 4  # batches composed ahead, in a thread, while the model trains on the current one
 VAL_NUMBERS = 1000  # the validation set: composed once from the validation digits
 VAL_PHOTOS = 1200  # calibration: photos of validation numbers, read the whole way (`reading_scores`)
-INT8_PHOTOS = 240  # an int8 export's activation ranges: 10 photos a (length, spacing) cell
 Scored = tuple[np.ndarray, list[int]]  # one line's logits (12, T) and its true labels
 
 
@@ -160,22 +159,6 @@ def reading_scores(reader: Reader, x_val: np.ndarray, y_val: np.ndarray, n: int 
         if line is not None:  # a photo read as blank paper has no confidence to calibrate
             scored.append((reader.line_logits(line.strip), comp.labels))
     return scored
-
-
-def int8_calibration(x_train: np.ndarray, y_train: np.ndarray, n: int = INT8_PHOTOS) -> list[np.ndarray]:
-    """The strips (32, W) an int8 export measures its activation ranges on
-    (`inference.quantize`): `n` photos of numbers composed from the run's *training* digits (not
-    its validation digits, where the export is judged), 1-8 digits, every spacing in turn, found
-    and normalised by `lines.find_line` as a user's photo is. Seeded: the same strips every time."""
-    rng = np.random.default_rng(8)
-    xt, yt = np.asarray(x_train, np.uint8).reshape(-1, 28, 28), np.asarray(y_train)
-    strips = []
-    for i in range(n if len(xt) else 0):
-        spacing = SPACINGS[i % 3]
-        line = find_line(photo(number(xt, yt, i // 3 % 8 + 1, rng, spacing, hard=False), rng, spacing).data)
-        if line is not None:
-            strips.append(line.strip)
-    return strips
 
 
 def calibrate_reader(scored: list[Scored], target: float = 0.99) -> tuple[float, float]:

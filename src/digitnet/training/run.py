@@ -2,8 +2,7 @@
 
 Split → `loop.fit` (with a resumable `last.pt` after every epoch) → calibration on the validation
 split → test accuracy → `runfolder.write_run`. Under torchrun every rank trains; rank 0 alone
-reports and writes. `int8_export`: a trained reader's int8 ONNX export, calibrated on the digits
-it trained on.
+reports and writes.
 """
 
 from __future__ import annotations
@@ -18,17 +17,15 @@ from torch import nn
 
 import digitnet.training.distributed as dist
 import digitnet.training.runfolder as runfolder
-from digitnet.checkpoint import load_checkpoint
 from digitnet.data import Splits
 from digitnet.errors import ConfigError
 from digitnet.inference.batching import batched_logits
 from digitnet.inference.calibration import choose_unsure_threshold, fit_temperature
-from digitnet.inference.export import OPSET, check_int8, export_onnx
 from digitnet.inference.reader import Reader
 from digitnet.models import count_parameters, get_spec, network_kwargs
 from digitnet.training.config import TrainConfig
 from digitnet.training.loop import FitResult, fit, resolve_device, split_sizes, stratified_split
-from digitnet.training.numbers import calibrate_reader, int8_calibration, reading_scores, test_numbers
+from digitnet.training.numbers import calibrate_reader, reading_scores, test_numbers
 from digitnet.training.progress import Reporter
 
 NOT_DIGIT_SHARE = 0.002  # rejection models: validation digits called "not a digit" at the operating point
@@ -194,17 +191,3 @@ def train(
     dist.barrier()
     dist.shutdown()
     return metrics
-
-
-def int8_export(
-    model: str | Path, data: Splits, out: str | Path | None = None, *, opset: int = OPSET
-) -> Path:
-    """A reader's int8 ONNX export (`inference.quantize`), its ranges measured on photos of numbers
-    composed from the training digits the run trained on: MNIST's training set less the validation
-    digits its config held out (the same `stratified_split`). Else as `export.export_onnx`."""
-    loaded = load_checkpoint(model)
-    check_int8(loaded.name)  # before composing the strips
-    val_size = split_sizes(len(data.y_train), int(loaded.config.get("val_size", TrainConfig().val_size)))
-    tr, _ = stratified_split(np.asarray(data.y_train), val_size)
-    strips = int8_calibration(data.x_train[tr], data.y_train[tr])
-    return export_onnx(model, out, opset=opset, int8_strips=strips)
